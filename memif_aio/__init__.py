@@ -1,0 +1,86 @@
+"""memif_aio: a pure-Python, asyncio-native memif (FD.io shared memory packet interface v2.0).
+
+The public surface follows gomemif in Python style::
+
+    async with Socket("/run/vpp/memif.sock") as sock:
+        itf = sock.new_interface(Arguments(id=0, is_master=False, name="py0"))
+        await itf.wait_connected()
+        pkt = await itf.get_rx_queue(0).read_packet()
+"""
+
+from .config import (
+    DEFAULT_LOG2_RING_SIZE,
+    DEFAULT_NUM_QUEUE_PAIRS,
+    DEFAULT_PACKET_BUFFER_SIZE,
+    DEFAULT_SOCKET_FILENAME,
+    Arguments,
+    MemoryConfig,
+    RxMode,
+    role_to_string,
+)
+from .errors import (
+    ConnectionRefused,
+    Disconnected,
+    MemifError,
+    NotConnected,
+    PacketTooLarge,
+    ProtocolViolation,
+    WouldBlock,
+)
+from .interface import Interface
+from .queue import Queue, QueueStats
+from .socket import Socket
+from .wire import (
+    VERSION,
+    VERSION_MAJOR,
+    VERSION_MINOR,
+    InterfaceMode,
+    MsgAck,
+    MsgAddRegion,
+    MsgAddRing,
+    MsgConnect,
+    MsgConnected,
+    MsgDisconnect,
+    MsgHello,
+    MsgInit,
+    MsgType,
+    decode_message,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_LOG2_RING_SIZE",
+    "DEFAULT_NUM_QUEUE_PAIRS",
+    "DEFAULT_PACKET_BUFFER_SIZE",
+    "DEFAULT_SOCKET_FILENAME",
+    "VERSION",
+    "VERSION_MAJOR",
+    "VERSION_MINOR",
+    "Arguments",
+    "ConnectionRefused",
+    "Disconnected",
+    "Interface",
+    "InterfaceMode",
+    "MemifError",
+    "MemoryConfig",
+    "MsgAck",
+    "MsgAddRegion",
+    "MsgAddRing",
+    "MsgConnect",
+    "MsgConnected",
+    "MsgDisconnect",
+    "MsgHello",
+    "MsgInit",
+    "MsgType",
+    "NotConnected",
+    "PacketTooLarge",
+    "ProtocolViolation",
+    "Queue",
+    "QueueStats",
+    "RxMode",
+    "Socket",
+    "WouldBlock",
+    "decode_message",
+    "role_to_string",
+]

@@ -1,0 +1,141 @@
+"""Frozen, validated configuration: :class:`MemoryConfig` and :class:`Arguments`."""
+
+from __future__ import annotations
+
+import enum
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Optional, Union
+
+from .wire import MAX_LOG2_RING_SIZE, NAME_SIZE, SECRET_SIZE, InterfaceMode, RingLayout
+
+DEFAULT_SOCKET_FILENAME = "/run/vpp/memif.sock"
+DEFAULT_NUM_QUEUE_PAIRS = 1
+DEFAULT_LOG2_RING_SIZE = 10
+DEFAULT_PACKET_BUFFER_SIZE = 2048
+
+
+def default_cache_line_size() -> int:
+    """64 on x86-64 and most hosts; 128 on aarch64, like VPP/libmemif since 24.02 (§6.2)."""
+    return 128 if platform.machine().lower() in ("aarch64", "arm64") else 64
+
+
+class RxMode(enum.Enum):
+    """How a receive queue waits for packets (§7.8)."""
+
+    INTERRUPT = "interrupt"  #: wait on the eventfd (MASK_INT clear)
+    POLLING = "polling"  #: busy-poll, yielding to the loop (MASK_INT set)
+    ADAPTIVE = "adaptive"  #: poll while traffic flows, fall back to the eventfd when idle
+
+
+Callback = Callable[["Any"], Union[None, Awaitable[None]]]
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Shared-memory geometry a slave asks for (the master learns it from the slave).
+
+    ``num_queue_pairs`` 1..256, ``log2_ring_size`` 1..14,
+    ``packet_buffer_size`` 1..65535 bytes (buffer sizes are u16 in the C peers).
+    """
+
+    num_queue_pairs: int = DEFAULT_NUM_QUEUE_PAIRS
+    log2_ring_size: int = DEFAULT_LOG2_RING_SIZE
+    packet_buffer_size: int = DEFAULT_PACKET_BUFFER_SIZE
+
+    def __post_init__(self) -> None:
+        _check_int("num_queue_pairs", self.num_queue_pairs, 1, 256)
+        _check_int("log2_ring_size", self.log2_ring_size, 1, MAX_LOG2_RING_SIZE)
+        _check_int("packet_buffer_size", self.packet_buffer_size, 1, 65535)
+
+    def region_size(self, cache_line: int = 64) -> int:
+        """Bytes of the single region a slave creates with this configuration (§6.4)."""
+        rings = 2 * self.num_queue_pairs
+        R = 1 << self.log2_ring_size
+        return rings * RingLayout.for_cache_line(cache_line).ring_size(self.log2_ring_size) + \
+            rings * R * self.packet_buffer_size
+
+
+@dataclass(frozen=True, eq=False)
+class Arguments:
+    """Everything that defines one interface (gomemif ``Arguments``, Python style).
+
+    Validated at construction: a bad value raises ``ValueError`` naming the field.
+    Callbacks may be plain functions or coroutine functions; they receive the
+    :class:`~memif_aio.Interface`.
+    """
+
+    id: int
+    is_master: bool
+    name: str = ""
+    mode: InterfaceMode = InterfaceMode.ETHERNET
+    secret: bytes = b""
+    memory_config: MemoryConfig = field(default_factory=MemoryConfig)
+    connected_func: Optional[Callback] = None
+    disconnected_func: Optional[Callback] = None
+    private_data: Any = None
+    # --- extras beyond gomemif ------------------------------------------------
+    rx_mode: RxMode = RxMode.INTERRUPT
+    cache_line_size: int = field(default_factory=default_cache_line_size)
+    handshake_timeout: float = 10.0
+    reconnect_min_delay: float = 0.1
+    reconnect_max_delay: float = 2.0
+    require_seal: bool = True
+    tx_timeout: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check_int("id", self.id, 0, 0xFFFFFFFF)
+        if not isinstance(self.is_master, bool):
+            raise ValueError("is_master must be a bool")
+        if not isinstance(self.name, str):
+            raise ValueError("name must be a str")
+        raw = self.name.encode("utf-8")
+        if len(raw) > NAME_SIZE - 1 or "\0" in self.name:
+            raise ValueError(f"name must be at most {NAME_SIZE - 1} UTF-8 bytes without NUL")
+        try:
+            object.__setattr__(self, "mode", InterfaceMode(self.mode))
+        except ValueError:
+            raise ValueError(f"mode must be an InterfaceMode, not {self.mode!r}") from None
+        secret = self.secret
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+            object.__setattr__(self, "secret", secret)
+        if not isinstance(secret, bytes):
+            raise ValueError("secret must be bytes")
+        if len(secret) > SECRET_SIZE - 1 or b"\0" in secret:
+            raise ValueError(f"secret must be at most {SECRET_SIZE - 1} bytes without NUL")
+        if not isinstance(self.memory_config, MemoryConfig):
+            raise ValueError("memory_config must be a MemoryConfig")
+        for cb in ("connected_func", "disconnected_func"):
+            f = getattr(self, cb)
+            if f is not None and not callable(f):
+                raise ValueError(f"{cb} must be callable")
+        try:
+            object.__setattr__(self, "rx_mode", RxMode(self.rx_mode))
+        except ValueError:
+            raise ValueError(f"rx_mode must be an RxMode, not {self.rx_mode!r}") from None
+        if self.cache_line_size not in (64, 128):
+            raise ValueError("cache_line_size must be 64 or 128")
+        if self.memory_config.region_size(self.cache_line_size) > 1 << 32:
+            raise ValueError("memory_config needs a region above 4 GiB, which memif cannot address")
+        for name in ("handshake_timeout", "reconnect_min_delay", "reconnect_max_delay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if self.reconnect_max_delay < self.reconnect_min_delay:
+            raise ValueError("reconnect_max_delay must be >= reconnect_min_delay")
+        if self.tx_timeout is not None and (not isinstance(self.tx_timeout, (int, float))
+                                            or self.tx_timeout <= 0):
+            raise ValueError("tx_timeout must be None or a positive number of seconds")
+
+
+def role_to_string(is_master: bool) -> str:
+    """``"Master"`` or ``"Slave"``, as gomemif's ``RoleToString``."""
+    return "Master" if is_master else "Slave"

@@ -1,0 +1,170 @@
+"""Shared memory: memfd regions, mmap, seals, and the client's layout math.
+
+The client (slave) creates every region and ring (protocol reference §6).  The
+server (master) only maps what it is given, after checking the fd (§12.3).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import stat
+from dataclasses import dataclass
+
+from .errors import ProtocolViolation
+from .wire import COOKIE, DESC_SIZE, DESC_STRUCT, U32, RingLayout
+
+# Linux fcntl numbers, absent from older Python builds' fcntl module.
+F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
+F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
+
+#: Offsets and u32 lengths address at most 4 GiB of a region (§6.1).
+MAX_REGION_SIZE = 1 << 32
+
+
+class Region:
+    """One mapped shared-memory region (an fd plus its mapping)."""
+
+    __slots__ = ("fd", "size", "mm", "view")
+
+    def __init__(self, fd: int, size: int, mm: mmap.mmap) -> None:
+        self.fd = fd
+        self.size = size
+        self.mm = mm
+        self.view = memoryview(mm)
+
+    @classmethod
+    def create(cls, size: int, name: str = "memif_region_0") -> Region:
+        """Create a sealed memfd region of ``size`` bytes (client side, §6.1)."""
+        if not 0 < size <= MAX_REGION_SIZE:
+            raise ValueError(f"region size {size} out of range 1..{MAX_REGION_SIZE}")
+        fd = os.memfd_create(name, os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+        try:
+            fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK)
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, size, mm)
+
+    @classmethod
+    def map_peer(cls, fd: int, size: int, *, require_seal: bool = True) -> Region:
+        """Map a region fd received from the peer (server side, §12.3).
+
+        Raises :class:`ProtocolViolation` with a reason when the fd is not a
+        regular file, is smaller than ``size``, or (``require_seal``) could be
+        shrunk under our mapping, which would kill us with SIGBUS.  The fd is
+        not closed on failure: the caller owns it.
+        """
+        if not 0 < size <= MAX_REGION_SIZE:
+            raise ProtocolViolation(f"invalid region size {size}")
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise ProtocolViolation(f"region fd unusable: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ProtocolViolation("region fd is not a shared-memory file")
+        if st.st_size < size:
+            raise ProtocolViolation(f"region size {size} exceeds its file ({st.st_size} bytes)")
+        if require_seal:
+            try:
+                seals = fcntl.fcntl(fd, F_GET_SEALS)
+            except OSError:
+                seals = 0
+            if not seals & F_SEAL_SHRINK:
+                raise ProtocolViolation("region fd is not sealed against shrinking (F_SEAL_SHRINK)")
+        try:
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError) as exc:
+            raise ProtocolViolation(f"mmap: {exc}") from None
+        return cls(fd, size, mm)
+
+    def close(self) -> None:
+        """Unmap and close.  Fails only if views into the mapping are still held."""
+        if self.fd < 0:
+            return
+        self.view.release()
+        try:
+            self.mm.close()
+        except BufferError:  # exported views still alive: keep the mapping, drop the fd
+            pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = -1
+
+
+@dataclass(frozen=True)
+class ClientLayout:
+    """The single-region VPP/DPDK layout a client creates (§6.4).
+
+    S2M rings first, then M2S rings, then one buffer per descriptor of every
+    ring, in ring order.  All arithmetic is in Python integers (no u16 wrap).
+    """
+
+    num_s2m: int
+    num_m2s: int
+    log2_ring_size: int
+    buffer_size: int
+    ring: RingLayout
+
+    @property
+    def ring_slots(self) -> int:
+        return 1 << self.log2_ring_size
+
+    @property
+    def ring_stride(self) -> int:
+        return self.ring.ring_size(self.log2_ring_size)
+
+    @property
+    def rings_size(self) -> int:
+        return (self.num_s2m + self.num_m2s) * self.ring_stride
+
+    @property
+    def region_size(self) -> int:
+        return self.rings_size + (self.num_s2m + self.num_m2s) * self.ring_slots * self.buffer_size
+
+    def ring_offset(self, ring_type: int, index: int) -> int:
+        return (index + ring_type * self.num_s2m) * self.ring_stride
+
+    def buffer_offset(self, ring_type: int, index: int, slot: int) -> int:
+        ring_no = index + ring_type * self.num_s2m
+        return self.rings_size + (ring_no * self.ring_slots + slot) * self.buffer_size
+
+    def initialise(self, region: Region) -> None:
+        """Write cookies and descriptors of every ring (§6.5); the memfd starts zeroed."""
+        buf = region.view
+        R = self.ring_slots
+        for ring_type, count in ((0, self.num_s2m), (1, self.num_m2s)):
+            for index in range(count):
+                base = self.ring_offset(ring_type, index)
+                U32.pack_into(buf, base + self.ring.cookie, COOKIE)
+                desc0 = base + self.ring.desc
+                for slot in range(R):
+                    DESC_STRUCT.pack_into(buf, desc0 + DESC_SIZE * slot, 0, 0, self.buffer_size,
+                                          self.buffer_offset(ring_type, index, slot), 0)
+
+
+def is_eventfd(fd: int) -> bool:
+    """True when ``fd`` is an eventfd (``anon_inode:[eventfd]``, §12.4)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+def new_eventfd() -> int:
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()

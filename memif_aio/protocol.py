@@ -1,0 +1,552 @@
+"""The memif control channel as sans-I/O state machines (protocol reference §5).
+
+:class:`ServerHandshake` runs one accepted connection on the master side,
+:class:`ClientHandshake` one connection of a slave interface.  Both are fed
+with what arrives - ``receive(data, fds)``, ``eof()``, ``timeout()`` - and
+answer with a list of outputs for the shell to carry out, in order:
+
+* :class:`SendMessage` - one 128-byte datagram, maybe with one fd;
+* :class:`InitAccepted` - (server) the connection now holds interface ``id``;
+* :class:`Established` - the handshake is complete, here is the :class:`Session`;
+* :class:`Closed` - the connection is over (close the socket after the sends).
+
+They never touch a socket, the event loop or a clock.  They own every fd
+received until it is handed over in a :class:`Session` (or closed on error):
+whatever the peer sends, nothing leaks.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Union
+
+from .errors import ProtocolViolation
+from .memory import ClientLayout, Region, close_fds, is_eventfd, new_eventfd
+from .ring import (
+    M2SConsumer,
+    M2SProducer,
+    S2MConsumer,
+    S2MProducer,
+    check_ring_geometry,
+    validate_initial_indices,
+)
+from .wire import (
+    MAX_LOG2_RING_SIZE,
+    MAX_REGION_INDEX,
+    MAX_RING_INDEX,
+    MSG_ADD_RING_FLAG_S2M,
+    VERSION,
+    MsgAck,
+    MsgAddRegion,
+    MsgAddRing,
+    MsgConnect,
+    MsgConnected,
+    MsgDisconnect,
+    MsgHello,
+    MsgInit,
+    U32,
+    DESC_LENGTH_OFF,
+    MsgType,
+    RingLayout,
+    RingType,
+    WireError,
+    decode_message,
+    message_type,
+    to_text,
+)
+
+# ----------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    data: bytes
+    fd: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class InitAccepted:
+    interface_id: int
+    peer_name: bytes
+
+
+@dataclass(frozen=True)
+class Established:
+    session: Session
+
+
+@dataclass(frozen=True)
+class Closed:
+    reason: str
+    by_peer: bool
+
+
+Output = Union[SendMessage, InitAccepted, Established, Closed]
+
+
+# ----------------------------------------------------------------------------
+# The session: what a completed handshake hands over
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """Shared memory, rings and eventfds of one connection, owned by the interface.
+
+    ``rx[i]``/``tx[i]`` are the rings of queue ``i`` from this side's point of
+    view; ``rx_eventfds[i]``/``tx_eventfds[i]`` their interrupt eventfds.
+    """
+
+    is_master: bool
+    regions: list[Region]
+    rx: list[Union[S2MConsumer, M2SConsumer]]
+    tx: list[Union[S2MProducer, M2SProducer]]
+    rx_eventfds: list[int]
+    tx_eventfds: list[int]
+    peer_name: bytes
+    peer_if_name: bytes
+    log2_ring_size: int
+    buffer_size: int
+    closed: bool = field(default=False)
+
+    def close(self) -> None:
+        """Release ring views, unmap every region, close every fd (§5.7)."""
+        if self.closed:
+            return
+        self.closed = True
+        for ring in (*self.rx, *self.tx):
+            ring.release()
+        for region in self.regions:
+            region.close()
+        close_fds(self.rx_eventfds)
+        close_fds(self.tx_eventfds)
+
+
+class _Machine:
+    """Common plumbing: fd ownership, teardown, DISCONNECT/EOF handling."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.established = False
+        self._regions: list[Region] = []
+        self._held_fds: list[int] = []  # eventfds not yet handed over
+        self._pending_fd: Optional[int] = None
+
+    # -- inputs ----------------------------------------------------------------
+    def receive(self, data: bytes, fds: list[int] | tuple[int, ...] = (),
+                truncated: bool = False) -> list[Output]:
+        """Feed one datagram (and the fds that came with it)."""
+        fds = list(fds)
+        if self.closed:
+            close_fds(fds)
+            return []
+        try:
+            if truncated:
+                raise ProtocolViolation("truncated message or control data")
+            try:
+                t = message_type(data)
+            except WireError as exc:
+                raise ProtocolViolation(str(exc)) from None
+            if t == MsgType.DISCONNECT:
+                close_fds(fds)
+                msg = decode_message(data)
+                assert isinstance(msg, MsgDisconnect)
+                return self._teardown(to_text(msg.string) or "peer disconnected", by_peer=True)
+            wants_fd = t in (MsgType.ADD_REGION, MsgType.ADD_RING)
+            if len(fds) > (1 if wants_fd else 0):
+                raise ProtocolViolation(
+                    f"{len(fds)} file descriptors attached to a {_type_name(t)} message")
+            try:
+                msg = decode_message(data)
+            except WireError as exc:
+                raise ProtocolViolation(str(exc)) from None
+            fd = fds.pop() if fds else None
+            self._pending_fd = fd  # a handler that keeps it sets this to None
+            return self._handle(msg, fd)
+        except ProtocolViolation as exc:
+            if self._pending_fd is not None:
+                fds.append(self._pending_fd)
+            close_fds(fds)
+            return self._fail(exc.reason)
+        finally:
+            self._pending_fd = None
+
+    def eof(self) -> list[Output]:
+        """The peer closed the socket (or it failed): same as an empty DISCONNECT."""
+        if self.closed:
+            return []
+        return self._teardown(self._eof_reason(), by_peer=True)
+
+    def timeout(self) -> list[Output]:
+        """The handshake timer fired (the shell calls this only before Established)."""
+        if self.closed or self.established:
+            return []
+        return self._fail("handshake timeout")
+
+    def close(self, reason: str) -> list[Output]:
+        """A local decision to disconnect: DISCONNECT(reason), then close."""
+        if self.closed:
+            return []
+        return self._fail(reason, by_peer=False)
+
+    # -- helpers -----------------------------------------------------------------
+    def _handle(self, msg: object, fd: Optional[int]) -> list[Output]:
+        raise NotImplementedError
+
+    def _eof_reason(self) -> str:
+        return "peer closed the connection"
+
+    def _fail(self, reason: str, by_peer: bool = False) -> list[Output]:
+        out: list[Output] = [SendMessage(MsgDisconnect.reason(reason).encode())]
+        out.extend(self._teardown(reason, by_peer))
+        return out
+
+    def _teardown(self, reason: str, by_peer: bool) -> list[Output]:
+        self.closed = True
+        if not self.established:
+            for region in self._regions:
+                region.close()
+            close_fds(self._held_fds)
+        self._regions = []
+        return [Closed(reason, by_peer)]
+
+
+def _type_name(t: int) -> str:
+    try:
+        return MsgType(t).name
+    except ValueError:
+        return f"type 0x{t:x}"
+
+
+def _unexpected(msg: object) -> ProtocolViolation:
+    t = getattr(msg, "TYPE", None)
+    return ProtocolViolation(f"unexpected message {t.name if t is not None else msg!r}")
+
+
+# ----------------------------------------------------------------------------
+# Server (master)
+# ----------------------------------------------------------------------------
+
+
+class ServerTarget(Protocol):
+    """What the server machine needs to know about a master interface."""
+
+    @property
+    def mode(self) -> int: ...
+
+    @property
+    def secret(self) -> bytes: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def if_name(self) -> bytes: ...
+
+    @property
+    def cache_line_size(self) -> int: ...
+
+    @property
+    def require_seal(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    app_name: bytes = b"memif_aio"
+    lookup: Callable[[int], Optional[ServerTarget]] = lambda _id: None
+    max_total_region_size: int = 1 << 34  # 16 GiB of mappings per connection
+
+
+class ServerState(enum.Enum):
+    WAIT_INIT = "wait-init"
+    WAIT_CONFIG = "wait-config"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class ServerHandshake(_Machine):
+    """One accepted connection on a master socket (§5.6, server table)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layout = RingLayout.for_cache_line(64)  # the interface's own, from INIT on
+        self._require_seal = True
+        self.state = ServerState.WAIT_INIT
+        self.interface_id: Optional[int] = None
+        self.peer_name = b""
+        self._if_name = b""
+        self._total_size = 0
+        self._rings: dict[RingType, list[tuple[MsgAddRing, int]]] = {RingType.S2M: [],
+                                                                      RingType.M2S: []}
+        self._spans: list[tuple[int, int, int]] = []  # (region, start, end) of accepted rings
+
+    def start(self) -> list[Output]:
+        """Right after accept(): send HELLO."""
+        return [SendMessage(MsgHello(self.config.app_name, VERSION, VERSION, MAX_REGION_INDEX,
+                                     MAX_RING_INDEX, MAX_RING_INDEX,
+                                     MAX_LOG2_RING_SIZE).encode())]
+
+    def _teardown(self, reason: str, by_peer: bool) -> list[Output]:
+        self.state = ServerState.CLOSED
+        return super()._teardown(reason, by_peer)
+
+    def _handle(self, msg: object, fd: Optional[int]) -> list[Output]:
+        if self.state is ServerState.CONNECTED:
+            if isinstance(msg, MsgAck):
+                return []
+            raise _unexpected(msg)
+        if isinstance(msg, MsgInit) and self.state is ServerState.WAIT_INIT:
+            return self._on_init(msg)
+        if self.state is ServerState.WAIT_CONFIG:
+            if isinstance(msg, MsgAddRegion):
+                return self._on_add_region(msg, fd)
+            if isinstance(msg, MsgAddRing):
+                return self._on_add_ring(msg, fd)
+            if isinstance(msg, MsgConnect):
+                return self._on_connect(msg)
+        raise _unexpected(msg)
+
+    def _on_init(self, msg: MsgInit) -> list[Output]:
+        if msg.version != VERSION:
+            raise ProtocolViolation("incompatible version")
+        target = self.config.lookup(msg.id)
+        if target is None:
+            raise ProtocolViolation("unmatched interface id")
+        if target.busy:
+            raise ProtocolViolation("already connected")
+        if msg.mode != target.mode:
+            raise ProtocolViolation("mode mismatch")
+        if target.secret:
+            if not msg.secret:
+                raise ProtocolViolation("secret required")
+            if not hmac.compare_digest(msg.secret, target.secret):
+                raise ProtocolViolation("incorrect secret")
+        self.interface_id = msg.id
+        self._if_name = target.if_name
+        self.layout = RingLayout.for_cache_line(target.cache_line_size)
+        self._require_seal = target.require_seal
+        self.peer_name = msg.name
+        self.state = ServerState.WAIT_CONFIG
+        return [InitAccepted(msg.id, msg.name), SendMessage(MsgAck().encode())]
+
+    def _on_add_region(self, msg: MsgAddRegion, fd: Optional[int]) -> list[Output]:
+        if fd is None:
+            raise ProtocolViolation("missing memory region fd")
+        if msg.index != len(self._regions):
+            raise ProtocolViolation("unexpected region index")
+        if msg.index > MAX_REGION_INDEX:
+            raise ProtocolViolation("too many regions")
+        if self._total_size + msg.size > self.config.max_total_region_size:
+            raise ProtocolViolation("regions too large")
+        region = Region.map_peer(fd, msg.size, require_seal=self._require_seal)
+        self._pending_fd = None  # the region owns it now
+        self._total_size += msg.size
+        self._regions.append(region)
+        return [SendMessage(MsgAck().encode())]
+
+    def _on_add_ring(self, msg: MsgAddRing, fd: Optional[int]) -> list[Output]:
+        if fd is None:
+            raise ProtocolViolation("missing ring interrupt fd")
+        self._held_fds.append(fd)  # owned from here on; closed at teardown
+        self._pending_fd = None
+        if not is_eventfd(fd):
+            raise ProtocolViolation("ring interrupt fd is not an eventfd")
+        if msg.private_hdr_size:
+            raise ProtocolViolation("private headers not supported")
+        rtype = msg.ring_type
+        rings = self._rings[rtype]
+        if msg.index != len(rings):
+            raise ProtocolViolation("unexpected ring index")
+        if msg.index > MAX_RING_INDEX:
+            raise ProtocolViolation("too many rings")
+        start, end = check_ring_geometry(self._regions, msg.region, msg.offset,
+                                         msg.log2_ring_size, self.layout)
+        for region, s, e in self._spans:
+            if region == msg.region and start < e and s < end:
+                raise ProtocolViolation("ring overlaps another ring")
+        self._spans.append((msg.region, start, end))
+        rings.append((msg, fd))
+        return [SendMessage(MsgAck().encode())]
+
+    def _on_connect(self, msg: MsgConnect) -> list[Output]:
+        s2m = self._rings[RingType.S2M]
+        m2s = self._rings[RingType.M2S]
+        if not s2m or not m2s:
+            raise ProtocolViolation("at least one ring per direction is required")
+        rx: list[S2MConsumer] = []
+        tx: list[M2SProducer] = []
+        for ring_msgs, cls, out in ((s2m, S2MConsumer, rx), (m2s, M2SProducer, tx)):
+            for m, _fd in ring_msgs:
+                ring = cls(self._regions, m.region, m.offset, m.log2_ring_size, self.layout)
+                out.append(ring)  # type: ignore[attr-defined]
+                if not ring.cookie_ok():
+                    for r in (*rx, *tx):
+                        r.release()
+                    kind = "rx" if cls is S2MConsumer else "tx"
+                    raise ProtocolViolation(f"wrong cookie on {kind} ring {m.index}")
+        try:
+            for ring in (*rx, *tx):
+                validate_initial_indices(ring)
+        except ProtocolViolation:
+            for r in (*rx, *tx):
+                r.release()
+            raise
+        first = s2m[0][0]
+        # Every client initialises S2M descriptors with length = its buffer size (§6.5).
+        bsize = int(U32.unpack_from(rx[0].buf, rx[0].desc0 + DESC_LENGTH_OFF)[0]) or 2048
+        session = Session(
+            is_master=True, regions=self._regions, rx=list(rx), tx=list(tx),
+            rx_eventfds=[fd for _m, fd in s2m], tx_eventfds=[fd for _m, fd in m2s],
+            peer_name=self.peer_name, peer_if_name=msg.if_name,
+            log2_ring_size=first.log2_ring_size, buffer_size=bsize)
+        self._held_fds = []
+        self.established = True
+        self.state = ServerState.CONNECTED
+        return [Established(session), SendMessage(MsgConnected(self._if_name).encode())]
+
+
+# ----------------------------------------------------------------------------
+# Client (slave)
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    id: int
+    mode: int = 0
+    secret: bytes = b""
+    app_name: bytes = b"memif_aio"
+    if_name: bytes = b""
+    num_queue_pairs: int = 1
+    log2_ring_size: int = 10
+    buffer_size: int = 2048
+    cache_line: int = 64
+
+
+class ClientState(enum.Enum):
+    WAIT_HELLO = "wait-hello"
+    WAIT_ACK = "wait-ack"
+    WAIT_CONNECTED = "wait-connected"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class ClientHandshake(_Machine):
+    """One connection attempt of a slave interface (§5.6, client table)."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.ring_layout = RingLayout.for_cache_line(config.cache_line)
+        self.state = ClientState.WAIT_HELLO
+        self.peer_name = b""
+        self.layout: Optional[ClientLayout] = None
+        self._queue: list[SendMessage] = []
+        self._acked_init = False
+        self._s2m_fds: list[int] = []
+        self._m2s_fds: list[int] = []
+
+    def start(self) -> list[Output]:
+        return []  # the server speaks first
+
+    def _teardown(self, reason: str, by_peer: bool) -> list[Output]:
+        self.state = ClientState.CLOSED
+        return super()._teardown(reason, by_peer)
+
+    def _eof_reason(self) -> str:
+        if self.state is ClientState.WAIT_ACK and self._acked_init:
+            return "peer closed the connection during the handshake"
+        if self.state is ClientState.WAIT_ACK:
+            return "peer closed the connection during the handshake (unknown interface id?)"
+        return super()._eof_reason()
+
+    def _handle(self, msg: object, fd: Optional[int]) -> list[Output]:
+        if fd is not None:
+            close_fds([fd])
+            raise ProtocolViolation("unexpected file descriptor")
+        if self.state is ClientState.WAIT_HELLO and isinstance(msg, MsgHello):
+            return self._on_hello(msg)
+        if self.state is ClientState.WAIT_ACK and isinstance(msg, MsgAck):
+            return self._next()
+        if self.state is ClientState.WAIT_CONNECTED and isinstance(msg, MsgConnected):
+            return self._on_connected(msg)
+        if self.state is ClientState.CONNECTED and isinstance(msg, MsgAck):
+            return []
+        raise _unexpected(msg)
+
+    def _on_hello(self, msg: MsgHello) -> list[Output]:
+        if not msg.min_version <= VERSION <= msg.max_version:
+            raise ProtocolViolation("incompatible protocol version")
+        cfg = self.config
+        ns = min(cfg.num_queue_pairs, msg.max_s2m_ring + 1)
+        nm = min(cfg.num_queue_pairs, msg.max_m2s_ring + 1)
+        log2 = min(cfg.log2_ring_size, msg.max_log2_ring_size, 15)
+        if log2 < 1:
+            raise ProtocolViolation(f"peer's maximum ring size (log2 {msg.max_log2_ring_size}) "
+                                    "is too small")
+        self.peer_name = msg.name
+        layout = ClientLayout(ns, nm, log2, cfg.buffer_size, self.ring_layout)
+        if layout.region_size > 1 << 32:
+            raise ProtocolViolation("memory configuration exceeds the 4 GiB a region can address")
+        try:
+            region = Region.create(layout.region_size, f"memif_aio{cfg.id} region 0")
+        except OSError as exc:
+            raise ProtocolViolation(f"cannot create shared memory: {exc.strerror}") from None
+        self._regions.append(region)
+        layout.initialise(region)
+        self.layout = layout
+        q = self._queue
+        q.append(SendMessage(MsgInit(cfg.id, cfg.mode, cfg.secret, cfg.app_name).encode()))
+        q.append(SendMessage(MsgAddRegion(0, layout.region_size).encode(), region.fd))
+        for rtype, count, fds in ((RingType.S2M, ns, self._s2m_fds),
+                                  (RingType.M2S, nm, self._m2s_fds)):
+            for i in range(count):
+                efd = new_eventfd()
+                self._held_fds.append(efd)
+                fds.append(efd)
+                flags = MSG_ADD_RING_FLAG_S2M if rtype is RingType.S2M else 0
+                q.append(SendMessage(MsgAddRing(flags, i, 0, layout.ring_offset(rtype, i),
+                                                log2).encode(), efd))
+        q.append(SendMessage(MsgConnect(cfg.if_name).encode()))
+        self.state = ClientState.WAIT_ACK
+        return self._next()
+
+    def _next(self) -> list[Output]:
+        if not self._queue:
+            raise ProtocolViolation("unexpected message ACK")
+        msg = self._queue.pop(0)
+        if msg.data[0] != MsgType.INIT:
+            self._acked_init = True
+        if msg.data[0] == MsgType.CONNECT:
+            self.state = ClientState.WAIT_CONNECTED
+        return [msg]
+
+    def _on_connected(self, msg: MsgConnected) -> list[Output]:
+        layout = self.layout
+        assert layout is not None
+        regions = self._regions
+        tx: list[S2MProducer] = []
+        rx: list[M2SConsumer] = []
+        R = layout.ring_slots
+        for rtype, count, cls, out in ((RingType.S2M, layout.num_s2m, S2MProducer, tx),
+                                       (RingType.M2S, layout.num_m2s, M2SConsumer, rx)):
+            for i in range(count):
+                offsets = [layout.buffer_offset(rtype, i, j) for j in range(R)]
+                ring = cls(regions, 0, layout.ring_offset(rtype, i), layout.log2_ring_size,
+                           self.ring_layout, offsets, layout.buffer_size)
+                out.append(ring)  # type: ignore[attr-defined]
+        session = Session(
+            is_master=False, regions=regions, rx=list(rx), tx=list(tx),
+            rx_eventfds=list(self._m2s_fds), tx_eventfds=list(self._s2m_fds),
+            peer_name=self.peer_name, peer_if_name=msg.if_name,
+            log2_ring_size=layout.log2_ring_size, buffer_size=layout.buffer_size)
+        self._held_fds = []
+        self.established = True
+        self.state = ClientState.CONNECTED
+        return [Established(session)]
+

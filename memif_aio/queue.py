@@ -1,0 +1,337 @@
+"""Async queues over the rings: ``await rx.read_packet()`` / ``await tx.write_packet()``.
+
+A :class:`Queue` belongs to one connection of its interface.  When the link
+goes down every pending call raises :class:`~memif_aio.errors.Disconnected`
+(packets already copied out of the ring are still delivered first); after a
+reconnect, ask the interface for its new queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator, Iterable, Optional, Sequence, Union
+
+from .config import RxMode
+from .errors import Disconnected, ProtocolViolation, WouldBlock
+from .ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer
+
+if TYPE_CHECKING:
+    from .interface import Interface
+
+RxRing = Union[S2MConsumer, M2SConsumer]
+TxRing = Union[S2MProducer, M2SProducer]
+
+#: packets pulled from the ring per refill of the local queue
+_BATCH = 64
+#: empty polls in ADAPTIVE mode before falling back to the eventfd
+_ADAPTIVE_SPINS = 64
+#: tx retries that only yield to the loop before sleeping
+_TX_SPINS = 16
+_TX_MAX_SLEEP = 0.002
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counters of one queue for the current connection."""
+
+    qid: int
+    is_rx: bool
+    packets: int
+    bytes: int
+    drops: int
+    bad_descriptors: int
+    interrupts: int
+    ring_size: int
+    head: int
+    tail: int
+
+
+class Queue:
+    """One direction of one queue pair (gomemif ``Queue``)."""
+
+    def __init__(self, interface: Interface, qid: int, ring: Union[RxRing, TxRing],
+                 eventfd: int, is_rx: bool, rx_mode: RxMode,
+                 tx_timeout: Optional[float] = None) -> None:
+        self._itf = interface
+        self._qid = qid
+        self._ring = ring
+        self._efd = eventfd
+        self._is_rx = is_rx
+        self._mode = rx_mode
+        self._tx_timeout = tx_timeout
+        self._loop = asyncio.get_running_loop()
+        self._dead: Optional[Disconnected] = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._spins = 0
+        self._reading = False
+        self._signals = 0
+        if is_rx:
+            ring.set_interrupt_mask(rx_mode is not RxMode.INTERRUPT)
+            if rx_mode is not RxMode.POLLING:
+                self._loop.add_reader(eventfd, self._on_interrupt)
+                self._reading = True
+
+    # --- identity and counters -------------------------------------------------
+    def get_event_fd(self) -> int:
+        """The ring's interrupt eventfd (readable when the peer signals)."""
+        return self._efd
+
+    @property
+    def qid(self) -> int:
+        return self._qid
+
+    @property
+    def is_rx(self) -> bool:
+        return self._is_rx
+
+    def is_connected(self) -> bool:
+        return self._dead is None
+
+    def stats(self) -> QueueStats:
+        st = self._ring.stats
+        r = self._ring
+        try:
+            head, tail = (r.head, r.tail) if self._dead is None else (0, 0)
+        except ValueError:  # ring memory already released
+            head = tail = 0
+        return QueueStats(self._qid, self._is_rx, st.packets, st.bytes, st.drops,
+                          st.bad_descriptors, st.interrupts if self._is_rx else self._signals,
+                          r.size, head, tail)
+
+    def __repr__(self) -> str:
+        kind = "rx" if self._is_rx else "tx"
+        return f"<Queue {kind}{self._qid} of interface {self._itf.get_id()}>"
+
+    # --- lifetime ------------------------------------------------------------------
+    def _kill(self, exc: Disconnected) -> None:
+        """The connection is gone: wake everyone with ``exc``; stop touching the ring."""
+        if self._dead is not None:
+            return
+        self._dead = exc
+        if self._reading:
+            self._loop.remove_reader(self._efd)
+            self._reading = False
+        for w in self._waiters:
+            if not w.done():
+                w.set_exception(exc)
+        self._waiters.clear()
+
+    def _raise_dead(self) -> None:
+        if self._dead is not None:
+            raise Disconnected(self._dead.reason, self._dead.by_peer)
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        self._itf._protocol_violation(exc.reason)
+
+    # --- receive -------------------------------------------------------------------
+    def _on_interrupt(self) -> None:
+        try:
+            os.read(self._efd, 8)
+        except OSError:
+            pass
+        self._ring.stats.interrupts += 1
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters.clear()
+
+    def _fill(self, n: int = _BATCH) -> int:
+        if self._dead is not None:
+            return 0
+        try:
+            return self._ring.read_burst(n, self._pending)  # type: ignore[union-attr, arg-type]
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return 0
+
+    async def _wait_rx(self) -> None:
+        mode = self._mode
+        if mode is RxMode.POLLING:
+            await asyncio.sleep(0)
+            return
+        ring = self._ring
+        if mode is RxMode.ADAPTIVE:
+            if self._spins < _ADAPTIVE_SPINS:
+                self._spins += 1
+                await asyncio.sleep(0)
+                return
+            ring.set_interrupt_mask(False)  # going idle: ask for interrupts, then re-check
+            if self._fill():
+                return
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if mode is RxMode.ADAPTIVE and self._dead is None:
+                ring.set_interrupt_mask(True)
+                self._spins = 0
+
+    def _check_rx(self) -> None:
+        if not self._is_rx:
+            raise TypeError("this is a transmit queue")
+
+    def read_packet_nowait(self) -> bytes:
+        """One packet if one is ready, else :class:`WouldBlock` (or :class:`Disconnected`)."""
+        self._check_rx()
+        if self._pending or self._fill():
+            return self._pending.popleft()
+        self._raise_dead()
+        raise WouldBlock("no packet ready")
+
+    async def read_packet(self) -> bytes:
+        """Wait for the next packet (chains arrive reassembled)."""
+        self._check_rx()
+        pending = self._pending
+        while True:
+            if pending or self._fill():
+                self._spins = 0
+                return pending.popleft()
+            self._raise_dead()
+            await self._wait_rx()
+
+    async def read_packet_into(self, buf: Union[bytearray, memoryview]) -> int:
+        """Copy the next packet into ``buf``; return its length.
+
+        A packet longer than ``buf`` raises ``ValueError`` and stays queued.
+        """
+        pkt = await self.read_packet()
+        if len(pkt) > len(buf):
+            self._pending.appendleft(pkt)
+            raise ValueError(f"packet of {len(pkt)} bytes does not fit a {len(buf)}-byte buffer")
+        memoryview(buf)[:len(pkt)] = pkt
+        return len(pkt)
+
+    def read_burst_nowait(self, max_packets: int) -> list[bytes]:
+        """Up to ``max_packets`` packets that are ready now (maybe none)."""
+        self._check_rx()
+        if max_packets < 1:
+            raise ValueError("max_packets must be at least 1")
+        pending = self._pending
+        if len(pending) < max_packets:
+            self._fill(max(max_packets - len(pending), _BATCH))
+        if not pending:
+            self._raise_dead()
+            return []
+        if len(pending) <= max_packets:
+            out = list(pending)
+            pending.clear()
+            return out
+        return [pending.popleft() for _ in range(max_packets)]
+
+    async def read_burst(self, max_packets: int) -> list[bytes]:
+        """Wait for at least one packet; return up to ``max_packets``."""
+        while True:
+            out = self.read_burst_nowait(max_packets)
+            if out:
+                self._spins = 0
+                return out
+            await self._wait_rx()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        """``async for pkt in rx``: ends cleanly when the link goes down."""
+        while True:
+            try:
+                pkt = await self.read_packet()
+            except Disconnected:
+                return
+            yield pkt
+
+    # --- transmit -------------------------------------------------------------------
+    def _write(self, packets: Sequence[bytes], start: int = 0) -> int:
+        self._raise_dead()
+        ring = self._ring
+        try:
+            n = ring.write_burst(packets, start)  # type: ignore[union-attr]
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            self._raise_dead()
+            raise Disconnected(exc.reason) from None
+        if n and ring.peer_wants_interrupt():
+            try:
+                os.eventfd_write(self._efd, 1)
+                self._signals += 1
+            except OSError:  # saturated counter or closed fd: the peer polls or is gone
+                pass
+        return n
+
+    def _check_tx(self) -> None:
+        if self._is_rx:
+            raise TypeError("this is a receive queue")
+
+    def write_packet_nowait(self, data: bytes) -> int:
+        """Publish one packet now or raise :class:`WouldBlock` (ring full)."""
+        self._check_tx()
+        if not self._write((data,)):
+            raise WouldBlock("ring full")
+        return len(data)
+
+    def write_burst_nowait(self, packets: Sequence[bytes]) -> int:
+        """Publish as many of ``packets`` as fit now; return how many."""
+        self._check_tx()
+        return self._write(packets)
+
+    async def write_packet(self, data: bytes) -> int:
+        """Publish one packet, waiting for ring space; returns its length.
+
+        memif has no "space available" signal, so waiting polls with a short
+        backoff (yield, then sleeps up to 2 ms).  ``tx_timeout`` of the
+        interface's :class:`~memif_aio.Arguments` bounds the wait
+        (``TimeoutError``).
+        """
+        self._check_tx()
+        pkt = (data,)
+        if self._write(pkt):
+            return len(data)
+        retry = _Backoff(self._tx_timeout)
+        while True:
+            await retry.wait()
+            if self._write(pkt):
+                return len(data)
+
+    async def write_burst(self, packets: Union[Sequence[bytes], Iterable[bytes]]) -> int:
+        """Publish every packet in order, waiting for space as needed; returns the count."""
+        self._check_tx()
+        if not isinstance(packets, (list, tuple)):
+            packets = list(packets)
+        total = len(packets)
+        done = self._write(packets)
+        retry: Optional[_Backoff] = None
+        while done < total:
+            retry = retry or _Backoff(self._tx_timeout)
+            await retry.wait()
+            n = self._write(packets, done)
+            if n:
+                done += n
+                retry.reset()
+        return total
+
+
+class _Backoff:
+    """Adaptive wait for ring space: yield a few times, then sleep up to 2 ms."""
+
+    __slots__ = ("n", "deadline")
+
+    def __init__(self, timeout: Optional[float]) -> None:
+        self.n = 0
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def reset(self) -> None:
+        self.n = 0
+
+    async def wait(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeoutError("transmit ring stayed full (the peer is not consuming)")
+        self.n += 1
+        if self.n <= _TX_SPINS:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(min(_TX_MAX_SLEEP, 0.0001 * (self.n - _TX_SPINS)))
