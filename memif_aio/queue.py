@@ -70,6 +70,7 @@ class Queue:
         self._spins = 0
         self._reading = False
         self._signals = 0
+        self._signal_pending = False
         if is_rx:
             ring.set_interrupt_mask(rx_mode is not RxMode.INTERRUPT)
             if rx_mode is not RxMode.POLLING:
@@ -248,20 +249,45 @@ class Queue:
     # --- transmit -------------------------------------------------------------------
     def _write(self, packets: Sequence[bytes], start: int = 0) -> int:
         self._raise_dead()
-        ring = self._ring
         try:
-            n = ring.write_burst(packets, start)  # type: ignore[union-attr]
+            n = self._ring.write_burst(packets, start)  # type: ignore[union-attr]
         except ProtocolViolation as exc:
             self._violation(exc)
             self._raise_dead()
             raise Disconnected(exc.reason) from None
-        if n and ring.peer_wants_interrupt():
+        if n and not self._signal_pending:
+            self._signal_pending = True
+            self._loop.call_soon(self._signal)
+        return n
+
+    def _write_one(self, data: bytes) -> bool:
+        if self._dead is not None:
+            self._raise_dead()
+        try:
+            ok = self._ring.write_one(data)  # type: ignore[union-attr]
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            self._raise_dead()
+            raise Disconnected(exc.reason) from None
+        if ok and not self._signal_pending:
+            self._signal_pending = True
+            self._loop.call_soon(self._signal)
+        return ok
+
+    def _signal(self) -> None:
+        """Interrupt the peer once per loop iteration at most (if it wants interrupts).
+
+        Signals are deferred to the next loop iteration so that a writer
+        publishing many packets without yielding costs one ``eventfd`` write,
+        not one per packet; it always happens before our next wait.
+        """
+        self._signal_pending = False
+        if self._dead is None and self._ring.peer_wants_interrupt():
             try:
                 os.eventfd_write(self._efd, 1)
                 self._signals += 1
             except OSError:  # saturated counter or closed fd: the peer polls or is gone
                 pass
-        return n
 
     def _check_tx(self) -> None:
         if self._is_rx:
@@ -270,7 +296,7 @@ class Queue:
     def write_packet_nowait(self, data: bytes) -> int:
         """Publish one packet now or raise :class:`WouldBlock` (ring full)."""
         self._check_tx()
-        if not self._write((data,)):
+        if not self._write_one(data):
             raise WouldBlock("ring full")
         return len(data)
 
@@ -287,14 +313,14 @@ class Queue:
         interface's :class:`~memif_aio.Arguments` bounds the wait
         (``TimeoutError``).
         """
-        self._check_tx()
-        pkt = (data,)
-        if self._write(pkt):
+        if self._is_rx:
+            self._check_tx()
+        if self._write_one(data):
             return len(data)
         retry = _Backoff(self._tx_timeout)
         while True:
             await retry.wait()
-            if self._write(pkt):
+            if self._write_one(data):
                 return len(data)
 
     async def write_burst(self, packets: Union[Sequence[bytes], Iterable[bytes]]) -> int:

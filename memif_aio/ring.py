@@ -8,17 +8,24 @@ Four roles exist (protocol reference §7.3):
 * :class:`M2SConsumer` - client receive: reads what the server filled, reposts.
 
 Every peer-written value (head/tail, descriptor fields) is loaded once into a
-local, validated, and only the local is used (§12.7).  Index errors that
-mean the ring is corrupt raise :class:`~memif_aio.errors.ProtocolViolation`
-(the caller disconnects); a bad descriptor drops its packet and is counted.
+local, validated, and only the local is used (§12.7).  Index errors that mean
+the ring is corrupt raise :class:`~memif_aio.errors.ProtocolViolation` (the
+caller disconnects); a bad descriptor drops its packet and is counted.
 
-The hot path uses offsets and ``struct.Struct`` objects derived in
-:mod:`memif_aio.wire`; there is no construct call here.
+Speed: there is no construct call here.  Descriptor fields are read and
+written a whole burst at a time through strided ``memoryview`` casts of the
+descriptor array (``d16[8*s::8]`` are the ``flags`` of slots ``s…``), whose
+element indices are derived from :mod:`memif_aio.wire`; validation of a burst
+is a handful of C-level ``min``/``max``/``count`` calls.  Bursts with chains
+or invalid descriptors take a per-descriptor slow path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import array
+from dataclasses import dataclass
+from operator import add
+from typing import Any, MutableSequence, Sequence
 
 from .errors import PacketTooLarge, ProtocolViolation
 from .memory import Region
@@ -26,19 +33,26 @@ from .wire import (
     COOKIE,
     DESC_FLAG_NEXT,
     DESC_FLAGS_OFF,
-    DESC_HEAD_STRUCT,
     DESC_LENGTH_OFF,
+    DESC_OFFSET_OFF,
+    DESC_REGION_OFF,
     DESC_SIZE,
     RING_FLAG_MASK_INT,
-    U16,
     U32,
     RingLayout,
 )
 
-_pack_desc = DESC_HEAD_STRUCT.pack_into
-_unpack_desc = DESC_HEAD_STRUCT.unpack_from
-_pack_u16 = U16.pack_into
-_pack_u32 = U32.pack_into
+# Element positions inside one descriptor, in u16 and u32 units (derived, not hand-written).
+_W16 = DESC_SIZE // 2
+_W32 = DESC_SIZE // 4
+_F16 = DESC_FLAGS_OFF // 2
+_R16 = DESC_REGION_OFF // 2
+_L32 = DESC_LENGTH_OFF // 4
+_O32 = DESC_OFFSET_OFF // 4
+assert DESC_FLAGS_OFF % 2 == 0 and DESC_REGION_OFF % 2 == 0
+assert DESC_LENGTH_OFF % 4 == 0 and DESC_OFFSET_OFF % 4 == 0
+
+Packets = Sequence[Any]  # bytes-like objects
 
 
 @dataclass
@@ -49,7 +63,7 @@ class RingStats:
     bytes: int = 0
     drops: int = 0
     bad_descriptors: int = 0
-    interrupts: int = field(default=0)
+    interrupts: int = 0
 
 
 def check_ring_geometry(regions: list[Region], region: int, offset: int, log2_ring_size: int,
@@ -73,10 +87,11 @@ def check_ring_geometry(regions: list[Region], region: int, offset: int, log2_ri
 
 
 class _Ring:
-    """Common state: the index view, the descriptor base and the ring geometry."""
+    """Common state: index and descriptor views, and the ring geometry."""
 
-    __slots__ = ("regions", "buf", "idx", "desc0", "size", "mask", "layout", "_head_i",
-                 "_tail_i", "_flags_i", "stats", "ring_offset", "region_index")
+    __slots__ = ("regions", "buf", "idx", "d16", "d32", "desc0", "size", "mask", "layout",
+                 "_head_i", "_tail_i", "_flags_i", "stats", "ring_offset", "region_index",
+                 "_zeros16")
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout) -> None:
@@ -95,6 +110,10 @@ class _Ring:
         self._tail_i = layout.tail // 2
         self._flags_i = layout.flags // 2
         self.desc0 = offset + layout.desc
+        descs = buf[self.desc0:offset + nbytes]
+        self.d16 = descs.cast("H")
+        self.d32 = descs.cast("I")
+        self._zeros16 = memoryview(array.array("H", bytes(2 * self.size)))
         self.stats = RingStats()
 
     # --- header access -----------------------------------------------------
@@ -124,20 +143,50 @@ class _Ring:
 
     def release(self) -> None:
         """Drop the views into shared memory (before the region is unmapped)."""
-        self.idx.release()
+        for view in (self.idx, self.d16, self.d32):
+            view.release()
+
+    # --- descriptor access (one slot; the slow paths) -------------------------
+    def _desc(self, s: int) -> tuple[int, int, int, int]:
+        """``(flags, region, length, offset)`` of slot ``s``, each loaded once."""
+        b16 = s * _W16
+        b32 = s * _W32
+        d16 = self.d16
+        d32 = self.d32
+        return d16[b16 + _F16], d16[b16 + _R16], d32[b32 + _L32], d32[b32 + _O32]
 
 
 class _ClientRing(_Ring):
-    """A ring the client created: it knows each slot's own buffer (its shadow)."""
+    """A ring the client created: it knows each slot's own buffer (its private shadow)."""
 
-    __slots__ = ("bsize", "slot_offsets", "mm")
+    __slots__ = ("bsize", "slot_offsets", "mm", "_offs_arr", "_bsize_arr")
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout, buffer_offsets: list[int], buffer_size: int) -> None:
         super().__init__(regions, region, offset, log2_ring_size, layout)
+        if len(buffer_offsets) != self.size:
+            raise ValueError("one buffer offset per slot is required")
         self.bsize = buffer_size
-        self.slot_offsets = buffer_offsets
-        self.mm = regions[0].mm
+        self.slot_offsets = list(buffer_offsets)
+        self.mm = regions[region].mm
+        self._offs_arr = memoryview(array.array("I", self.slot_offsets))
+        self._bsize_arr = memoryview(array.array("I", [buffer_size] * self.size))
+
+    def _post_run(self, s: int, n: int, lengths: Any) -> None:
+        """Write descriptors of slots ``s..s+n`` (no wrap): our region, our buffer,
+        ``lengths``, flags 0.  We own these slots, so every field is rewritten."""
+        d16 = self.d16
+        d32 = self.d32
+        e16 = (s + n) * _W16
+        e32 = (s + n) * _W32
+        d16[s * _W16 + _F16:e16:_W16] = self._zeros16[:n]
+        if self.region_index == 0:
+            d16[s * _W16 + _R16:e16:_W16] = self._zeros16[:n]
+        else:
+            for k in range(s, s + n):
+                d16[k * _W16 + _R16] = self.region_index
+        d32[s * _W32 + _O32:e32:_W32] = self._offs_arr[s:s + n]
+        d32[s * _W32 + _L32:e32:_W32] = lengths
 
 
 class S2MProducer(_ClientRing):
@@ -145,8 +194,8 @@ class S2MProducer(_ClientRing):
 
     __slots__ = ("_head",)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._head = 0
         self.idx[self._head_i] = 0
 
@@ -159,67 +208,106 @@ class S2MProducer(_ClientRing):
     def slots_for(self, length: int) -> int:
         return max(1, -(-length // self.bsize))
 
-    def write_burst(self, packets: list[bytes] | tuple[bytes, ...], start: int = 0) -> int:
+    def write_burst(self, packets: Packets, start: int = 0) -> int:
         """Publish as many packets from ``packets[start:]`` as fit; return how many.
 
-        A packet is published whole or not at all (chains move ``head`` once).
+        A packet is published whole or not at all (a chain moves ``head`` once).
         """
         free = self.free_slots()
+        total = len(packets) - start
+        if total <= 0 or not free:
+            return 0
+        head = self._head
+        k = min(free, total)
+        batch = packets[start:start + k] if (start or k < len(packets)) else packets
+        lens = list(map(len, batch))
+        if max(lens) <= self.bsize and min(lens) > 0:
+            # fast path: one buffer per packet
+            mm = self.mm
+            offs = self.slot_offsets
+            s = head & self.mask
+            run = min(k, self.size - s)
+            for p, o, n in zip(batch, offs[s:s + run], lens):
+                mm[o:o + n] = p
+            self._post_run(s, run, array.array("I", lens[:run]))
+            if run < k:
+                for p, o, n in zip(batch[run:], offs, lens[run:]):
+                    mm[o:o + n] = p
+                self._post_run(0, k - run, array.array("I", lens[run:]))
+            self._publish(head + k, k, sum(lens))
+            return k
+        return self._write_slow(packets, start, free)
+
+    def write_one(self, pkt: Any) -> bool:
+        """Publish one packet if there is room: the per-packet fast path of ``write_burst``."""
+        head = self._head
+        used = (head - self.idx[self._tail_i]) & 0xFFFF
+        length = len(pkt)
+        if used >= self.size or not 0 < length <= self.bsize:
+            return self.write_burst((pkt,)) == 1
+        s = head & self.mask
+        o = self.slot_offsets[s]
+        self.mm[o:o + length] = pkt
+        b16 = s * _W16
+        b32 = s * _W32
+        d16 = self.d16
+        d32 = self.d32
+        d16[b16 + _F16] = 0
+        d16[b16 + _R16] = self.region_index
+        d32[b32 + _O32] = o
+        d32[b32 + _L32] = length
+        self._head = head = (head + 1) & 0xFFFF
+        self.idx[self._head_i] = head
+        st = self.stats
+        st.packets += 1
+        st.bytes += length
+        return True
+
+    def _publish(self, head: int, n: int, nbytes: int) -> None:
+        self._head = head & 0xFFFF
+        self.idx[self._head_i] = self._head  # publish (single aligned 16-bit store)
+        st = self.stats
+        st.packets += n
+        st.bytes += nbytes
+
+    def _write_slow(self, packets: Packets, start: int, free: int) -> int:
+        """Per packet, chaining packets longer than one buffer."""
         head = self._head
         mask = self.mask
         bsize = self.bsize
         mm = self.mm
-        buf = self.buf
-        desc0 = self.desc0
         offs = self.slot_offsets
-        region = self.region_index
-        n = 0
-        nbytes = 0
-        total = len(packets)
-        i = start
-        while i < total:
+        d16 = self.d16
+        n = nbytes = 0
+        for i in range(start, len(packets)):
             pkt = packets[i]
             length = len(pkt)
-            if length <= bsize:
-                if not free:
-                    break
-                if not length:
-                    raise ValueError("cannot send an empty packet")
+            if not length:
+                raise ValueError("cannot send an empty packet")
+            need = -(-length // bsize)
+            if need > self.size:
+                raise PacketTooLarge(f"packet of {length} bytes needs {need} buffers of {bsize}; "
+                                     f"the ring has {self.size}")
+            if need > free:
+                break
+            mv = memoryview(pkt)
+            pos = 0
+            for _ in range(need):
                 s = head & mask
-                off = offs[s]
-                mm[off:off + length] = pkt
-                _pack_desc(buf, desc0 + (s << 4), 0, region, length, off)
+                o = offs[s]
+                seg = min(bsize, length - pos)
+                mm[o:o + seg] = mv[pos:pos + seg]
+                pos += seg
+                self._post_run(s, 1, self._bsize_arr[:1] if seg == bsize else
+                               array.array("I", (seg,)))
+                if pos < length:
+                    d16[s * _W16 + _F16] = DESC_FLAG_NEXT
                 head += 1
-                free -= 1
-            else:
-                need = -(-length // bsize)
-                if need > self.size:
-                    raise PacketTooLarge(
-                        f"packet of {length} bytes needs {need} buffers of {bsize}; "
-                        f"the ring has {self.size}")
-                if need > free:
-                    break
-                mv = memoryview(pkt)
-                pos = 0
-                for _ in range(need):
-                    s = head & mask
-                    off = offs[s]
-                    seg = min(bsize, length - pos)
-                    mm[off:off + seg] = mv[pos:pos + seg]
-                    pos += seg
-                    _pack_desc(buf, desc0 + (s << 4), DESC_FLAG_NEXT if pos < length else 0,
-                               region, seg, off)
-                    head += 1
-                free -= need
+            free -= need
             nbytes += length
             n += 1
-            i += 1
         if n:
-            self._head = head & 0xFFFF
-            self.idx[self._head_i] = self._head  # publish (single aligned 16-bit store)
-            st = self.stats
-            st.packets += n
-            st.bytes += nbytes
+            self._publish(head, n, nbytes)
         return n
 
 
@@ -232,8 +320,8 @@ class M2SConsumer(_ClientRing):
 
     __slots__ = ("_head", "_cons")
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._head = 0
         self._cons = 0
         self.idx[self._head_i] = 0
@@ -244,17 +332,12 @@ class M2SConsumer(_ClientRing):
         k = self.size - ((head - self._cons) & 0xFFFF)
         if k <= 0:
             return 0
-        buf = self.buf
-        desc0 = self.desc0
-        offs = self.slot_offsets
-        mask = self.mask
-        bsize = self.bsize
-        region = self.region_index
-        for _ in range(k):
-            s = head & mask
-            _pack_desc(buf, desc0 + (s << 4), 0, region, bsize, offs[s])
-            head += 1
-        self._head = head & 0xFFFF
+        s = head & self.mask
+        run = min(k, self.size - s)
+        self._post_run(s, run, self._bsize_arr[:run])
+        if run < k:
+            self._post_run(0, k - run, self._bsize_arr[:k - run])
+        self._head = (head + k) & 0xFFFF
         self.idx[self._head_i] = self._head
         return k
 
@@ -265,7 +348,7 @@ class M2SConsumer(_ClientRing):
             raise ProtocolViolation("M2S tail moved past the buffers we posted")
         return n
 
-    def read_burst(self, max_packets: int, out: list[bytes]) -> int:
+    def read_burst(self, max_packets: int, out: MutableSequence[bytes]) -> int:
         """Append up to ``max_packets`` packets to ``out``; return how many.
 
         Consumed slots are reposted at once.
@@ -274,40 +357,43 @@ class M2SConsumer(_ClientRing):
         if not n:
             return 0
         cons = self._cons
+        s = cons & self.mask
+        run = min(n, max_packets, self.size - s)
+        e16 = (s + run) * _W16
+        flags = self.d16[s * _W16 + _F16:e16:_W16].tolist()
+        if flags.count(0) == run:
+            lens = self.d32[s * _W32 + _L32:(s + run) * _W32:_W32].tolist()
+            if min(lens) > 0 and max(lens) <= self.bsize:
+                mm = self.mm
+                out.extend([mm[o:o + m] for o, m in zip(self.slot_offsets[s:s + run], lens)])
+                self._cons = (cons + run) & 0xFFFF
+                st = self.stats
+                st.packets += run
+                st.bytes += sum(lens)
+                self.refill()
+                return run
+        return self._read_slow(n, max_packets, out)
+
+    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[bytes]) -> int:
+        cons = self._cons
         mask = self.mask
-        buf = self.buf
-        desc0 = self.desc0
         mm = self.mm
         offs = self.slot_offsets
         bsize = self.bsize
-        got = 0
-        nbytes = 0
-        bad = 0
+        got = nbytes = bad = 0
         end = cons + n
         while got < max_packets and cons < end:
-            s = cons & mask
-            flags, _r, length, _o = _unpack_desc(buf, desc0 + (s << 4))
-            if not flags & DESC_FLAG_NEXT:
-                cons += 1
-                if 0 < length <= bsize:
-                    off = offs[s]
-                    out.append(mm[off:off + length])
-                    nbytes += length
-                    got += 1
-                else:
-                    bad += 1
-                continue
-            # chained packet: its end must lie within the available slots
             parts = []
             ok = True
             c = cons
+            flags = 0
             while c < end:
                 s = c & mask
-                flags, _r, length, _o = _unpack_desc(buf, desc0 + (s << 4))
+                flags, _r, length, _o = self._desc(s)
                 c += 1
                 if ok and 0 < length <= bsize:
-                    off = offs[s]
-                    parts.append(mm[off:off + length])
+                    o = offs[s]
+                    parts.append(mm[o:o + length])
                 else:
                     ok = False
                 if not flags & DESC_FLAG_NEXT:
@@ -319,21 +405,19 @@ class M2SConsumer(_ClientRing):
                 break
             cons = c
             if ok:
-                pkt = b"".join(parts)
+                pkt = parts[0] if len(parts) == 1 else b"".join(parts)
                 out.append(pkt)
                 nbytes += len(pkt)
                 got += 1
             else:
                 bad += 1
-        consumed = (cons - self._cons) & 0xFFFF
-        if consumed:
+        if cons != self._cons:
             self._cons = cons & 0xFFFF
             st = self.stats
             st.packets += got
             st.bytes += nbytes
-            if bad:
-                st.bad_descriptors += bad
-                st.drops += bad
+            st.bad_descriptors += bad
+            st.drops += bad
             self.refill()
         return got
 
@@ -343,8 +427,8 @@ class S2MConsumer(_Ring):
 
     __slots__ = ("_cur",)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._cur = self.tail
 
     def available(self) -> int:
@@ -353,9 +437,38 @@ class S2MConsumer(_Ring):
             raise ProtocolViolation("S2M head ran more than a ring ahead of tail")
         return n
 
+    def read_burst(self, max_packets: int, out: MutableSequence[bytes]) -> int:
+        n = self.available()
+        if not n:
+            return 0
+        cur = self._cur
+        s = cur & self.mask
+        run = min(n, max_packets, self.size - s)
+        d16 = self.d16
+        d32 = self.d32
+        e16 = (s + run) * _W16
+        e32 = (s + run) * _W32
+        flags = d16[s * _W16 + _F16:e16:_W16].tolist()
+        regs = d16[s * _W16 + _R16:e16:_W16].tolist()
+        g = regs[0]
+        if flags.count(0) == run and regs.count(g) == run and g < len(self.regions):
+            lens = d32[s * _W32 + _L32:e32:_W32].tolist()
+            offs = d32[s * _W32 + _O32:e32:_W32].tolist()
+            r = self.regions[g]
+            if min(lens) > 0 and max(map(add, offs, lens)) <= r.size:
+                mm = r.mm
+                out.extend([mm[o:o + m] for o, m in zip(offs, lens)])
+                self._cur = (cur + run) & 0xFFFF
+                self.idx[self._tail_i] = self._cur  # release the slots
+                st = self.stats
+                st.packets += run
+                st.bytes += sum(lens)
+                return run
+        return self._read_slow(n, max_packets, out)
+
     def _segment(self, s: int) -> tuple[int, bytes | None]:
         """Read descriptor ``s`` once; return ``(flags, data or None if invalid)``."""
-        flags, region, length, offset = _unpack_desc(self.buf, self.desc0 + (s << 4))
+        flags, region, length, offset = self._desc(s)
         regions = self.regions
         if region < len(regions) and 0 < length:
             r = regions[region]
@@ -363,37 +476,16 @@ class S2MConsumer(_Ring):
                 return flags, r.mm[offset:offset + length]
         return flags, None
 
-    def read_burst(self, max_packets: int, out: list[bytes]) -> int:
-        n = self.available()
-        if not n:
-            return 0
+    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[bytes]) -> int:
         cur = self._cur
         end = cur + n
         mask = self.mask
-        buf = self.buf
-        desc0 = self.desc0
-        regions = self.regions
-        nregions = len(regions)
-        got = 0
-        nbytes = 0
-        bad = 0
+        got = nbytes = bad = 0
         while got < max_packets and cur < end:
-            s = cur & mask
-            flags, region, length, offset = _unpack_desc(buf, desc0 + (s << 4))
-            if not flags & DESC_FLAG_NEXT:
-                cur += 1
-                if region < nregions and 0 < length:
-                    r = regions[region]
-                    if offset + length <= r.size:
-                        out.append(r.mm[offset:offset + length])
-                        nbytes += length
-                        got += 1
-                        continue
-                bad += 1
-                continue
             parts: list[bytes] = []
             ok = True
             c = cur
+            flags = 0
             while c < end:
                 flags, data = self._segment(c & mask)
                 c += 1
@@ -409,7 +501,7 @@ class S2MConsumer(_Ring):
                 break  # incomplete chain: the rest has not been published yet
             cur = c
             if ok:
-                pkt = b"".join(parts)
+                pkt = parts[0] if len(parts) == 1 else b"".join(parts)
                 out.append(pkt)
                 nbytes += len(pkt)
                 got += 1
@@ -421,9 +513,8 @@ class S2MConsumer(_Ring):
             st = self.stats
             st.packets += got
             st.bytes += nbytes
-            if bad:
-                st.bad_descriptors += bad
-                st.drops += bad
+            st.bad_descriptors += bad
+            st.drops += bad
         return got
 
 
@@ -431,13 +522,14 @@ class M2SProducer(_Ring):
     """Server transmit (M2S).  The client posts buffers (``head``); we fill and move ``tail``.
 
     The capacity of each buffer is the ``length`` the client posted; we never
-    change ``region`` or ``offset`` (§7.3).
+    change ``region`` or ``offset`` (§7.3), and write ``flags`` and ``length``
+    as separate fields.
     """
 
     __slots__ = ("_tail",)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._tail = self.tail
 
     def free_slots(self) -> int:
@@ -446,70 +538,105 @@ class M2SProducer(_Ring):
             raise ProtocolViolation("M2S head ran more than a ring ahead of tail")
         return n
 
-    def _target(self, s: int) -> tuple[int, int, int]:
+    def _target(self, s: int) -> tuple[Region, int, int]:
         """Validated (region, offset, capacity) of posted slot ``s``."""
-        _f, region, cap, offset = _unpack_desc(self.buf, self.desc0 + (s << 4))
+        _f, region, cap, offset = self._desc(s)
         if region >= len(self.regions):
             self.stats.bad_descriptors += 1
             raise ProtocolViolation(f"posted M2S buffer in unknown region {region}")
-        size = self.regions[region].size
-        if offset >= size or cap == 0:
+        r = self.regions[region]
+        if offset >= r.size or cap == 0:
             self.stats.bad_descriptors += 1
             raise ProtocolViolation("posted M2S buffer outside its region or empty")
-        return region, offset, min(cap, size - offset)
+        return r, offset, min(cap, r.size - offset)
 
-    def write_burst(self, packets: list[bytes] | tuple[bytes, ...], start: int = 0) -> int:
+    def write_burst(self, packets: Packets, start: int = 0) -> int:
         free = self.free_slots()
+        total = len(packets) - start
+        if total <= 0 or not free:
+            return 0
         tail = self._tail
-        mask = self.mask
-        buf = self.buf
-        desc0 = self.desc0
-        regions = self.regions
-        nregions = len(regions)
-        n = 0
-        nbytes = 0
-        total = len(packets)
-        i = start
-        while i < total and free:
-            pkt = packets[i]
+        s = tail & self.mask
+        k = min(free, total, self.size - s)
+        batch = packets[start:start + k] if (start or k < len(packets)) else packets
+        lens = list(map(len, batch))
+        d16 = self.d16
+        d32 = self.d32
+        e16 = (s + k) * _W16
+        e32 = (s + k) * _W32
+        regs = d16[s * _W16 + _R16:e16:_W16].tolist()
+        g = regs[0]
+        if regs.count(g) == k and g < len(self.regions) and min(lens) > 0:
+            caps = d32[s * _W32 + _L32:e32:_W32].tolist()
+            offs = d32[s * _W32 + _O32:e32:_W32].tolist()
+            r = self.regions[g]
+            if all(map(int.__le__, lens, caps)) and max(map(add, offs, lens)) <= r.size:
+                mm = r.mm
+                for p, o, m in zip(batch, offs, lens):
+                    mm[o:o + m] = p
+                d16[s * _W16 + _F16:e16:_W16] = self._zeros16[:k]
+                d32[s * _W32 + _L32:e32:_W32] = memoryview(array.array("I", lens))
+                self._publish(tail + k, k, sum(lens))
+                return k
+        return self._write_slow(packets, start, free)
+
+    def write_one(self, pkt: Any) -> bool:
+        """Fill one posted buffer if there is one: the per-packet fast path of ``write_burst``."""
+        tail = self._tail
+        n = (self.idx[self._head_i] - tail) & 0xFFFF
+        if n and n <= self.size:
+            s = tail & self.mask
+            b16 = s * _W16
+            b32 = s * _W32
+            d16 = self.d16
+            d32 = self.d32
+            g = d16[b16 + _R16]
+            cap = d32[b32 + _L32]
+            o = d32[b32 + _O32]
             length = len(pkt)
-            if not length:
+            if g < len(self.regions) and 0 < length <= cap:
+                r = self.regions[g]
+                if o + length <= r.size:
+                    r.mm[o:o + length] = pkt
+                    d16[b16 + _F16] = 0
+                    d32[b32 + _L32] = length
+                    self._tail = tail = (tail + 1) & 0xFFFF
+                    self.idx[self._tail_i] = tail
+                    st = self.stats
+                    st.packets += 1
+                    st.bytes += length
+                    return True
+        return self.write_burst((pkt,)) == 1
+
+    def _publish(self, tail: int, n: int, nbytes: int) -> None:
+        self._tail = tail & 0xFFFF
+        self.idx[self._tail_i] = self._tail
+        st = self.stats
+        st.packets += n
+        st.bytes += nbytes
+
+    def _write_slow(self, packets: Packets, start: int, free: int) -> int:
+        tail = self._tail
+        n = nbytes = 0
+        for i in range(start, len(packets)):
+            pkt = packets[i]
+            if not len(pkt):
                 raise ValueError("cannot send an empty packet")
-            s = tail & mask
-            d = desc0 + (s << 4)
-            _f, region, cap, offset = _unpack_desc(buf, d)
-            if region < nregions:
-                r = regions[region]
-                if length <= cap and offset + length <= r.size:  # fast path: fits one buffer
-                    r.mm[offset:offset + length] = pkt
-                    _pack_u16(buf, d + DESC_FLAGS_OFF, 0)
-                    _pack_u32(buf, d + DESC_LENGTH_OFF, length)
-                    tail += 1
-                    free -= 1
-                    nbytes += length
-                    n += 1
-                    i += 1
-                    continue
             used = self._write_chain(pkt, tail, free)
             if not used:
                 break
             tail += used
             free -= used
-            nbytes += length
+            nbytes += len(pkt)
             n += 1
-            i += 1
         if n:
-            self._tail = tail & 0xFFFF
-            self.idx[self._tail_i] = self._tail
-            st = self.stats
-            st.packets += n
-            st.bytes += nbytes
+            self._publish(tail, n, nbytes)
         return n
 
-    def _write_chain(self, pkt: bytes, tail: int, free: int) -> int:
+    def _write_chain(self, pkt: Any, tail: int, free: int) -> int:
         """Spread ``pkt`` over posted buffers from ``tail``; 0 if not enough are posted."""
         mv = memoryview(pkt)
-        length = len(pkt)
+        length = len(mv)
         pos = 0
         slots: list[tuple[int, int]] = []
         t = tail
@@ -519,17 +646,18 @@ class M2SProducer(_Ring):
                     raise PacketTooLarge(f"packet of {length} bytes does not fit the whole ring")
                 return 0  # roll back: nothing was published
             s = t & self.mask
-            region, offset, cap = self._target(s)
+            r, offset, cap = self._target(s)
             seg = min(cap, length - pos)
-            self.regions[region].mm[offset:offset + seg] = mv[pos:pos + seg]
+            r.mm[offset:offset + seg] = mv[pos:pos + seg]
             slots.append((s, seg))
             pos += seg
             t += 1
         last = len(slots) - 1
+        d16 = self.d16
+        d32 = self.d32
         for k, (s, seg) in enumerate(slots):
-            d = self.desc0 + (s << 4)
-            _pack_u16(self.buf, d + DESC_FLAGS_OFF, DESC_FLAG_NEXT if k < last else 0)
-            _pack_u32(self.buf, d + DESC_LENGTH_OFF, seg)
+            d16[s * _W16 + _F16] = DESC_FLAG_NEXT if k < last else 0
+            d32[s * _W32 + _L32] = seg
         return len(slots)
 
 
@@ -540,7 +668,6 @@ def validate_initial_indices(ring: _Ring) -> None:
 
 
 __all__ = [
-    "DESC_SIZE",
     "M2SConsumer",
     "M2SProducer",
     "RingStats",
