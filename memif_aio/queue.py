@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional, Sequence, Union
 
 from .config import RxMode
 from .errors import Disconnected, ProtocolViolation, WouldBlock
@@ -71,6 +72,8 @@ class Queue:
         self._reading = False
         self._signals = 0
         self._signal_pending = False
+        self._leased: Optional[list[Any]] = None
+        self._reserved: Optional[Reservation] = None
         if is_rx:
             ring.set_interrupt_mask(rx_mode is not RxMode.INTERRUPT)
             if rx_mode is not RxMode.POLLING:
@@ -114,6 +117,11 @@ class Queue:
         if self._dead is not None:
             return
         self._dead = exc
+        if self._leased is not None:  # views must go before the mapping does
+            self._end_lease()
+        if self._reserved is not None:
+            for v in self._reserved:
+                v.release()
         if self._reading:
             self._loop.remove_reader(self._efd)
             self._reading = False
@@ -145,7 +153,10 @@ class Queue:
         if self._dead is not None:
             return 0
         try:
-            return self._ring.read_burst(n, self._pending)  # type: ignore[union-attr, arg-type]
+            got = self._ring.read_burst(n, self._pending)  # type: ignore[union-attr, arg-type]
+            if got and got < n:  # the ring wrapped, or a chain was waiting: one more pass
+                got += self._ring.read_burst(n - got, self._pending)  # type: ignore[union-attr, arg-type]
+            return got
         except ProtocolViolation as exc:
             self._violation(exc)
             return 0
@@ -234,6 +245,57 @@ class Queue:
                 return out
             await self._wait_rx()
 
+    @contextlib.asynccontextmanager
+    async def lease(self, max_packets: int = 64) -> AsyncIterator[list[Any]]:
+        """Zero-copy receive: ``async with rx.lease(n) as pkts:``.
+
+        Waits for at least one packet and yields up to ``max_packets`` of them
+        as read-only ``memoryview`` objects into the shared memory (a chained
+        packet, and any packet already copied out by an earlier read, comes as
+        ``bytes``).  The slots go back to the peer when the block exits; the
+        views are then released, so touching one afterwards raises
+        ``ValueError`` instead of reading memory the peer may be reusing.
+        Keep ``bytes(view)`` of what you need beyond the block.
+        """
+        self._check_rx()
+        if max_packets < 1:
+            raise ValueError("max_packets must be at least 1")
+        if self._leased is not None:
+            raise RuntimeError("a lease on this queue is already active")
+        views: list[Any] = []
+        pending = self._pending
+        while True:
+            while pending and len(views) < max_packets:
+                views.append(pending.popleft())
+            if views:
+                break
+            if self._dead is None:
+                try:
+                    if self._ring.read_burst(max_packets, views,  # type: ignore[union-attr]
+                                             zero_copy=True):
+                        break
+                except ProtocolViolation as exc:
+                    self._violation(exc)
+            self._raise_dead()
+            await self._wait_rx()
+        self._leased = views
+        try:
+            yield views
+        finally:
+            self._end_lease()
+
+    def _end_lease(self) -> None:
+        views = self._leased
+        if views is None:
+            return
+        self._leased = None
+        for v in views:
+            if isinstance(v, memoryview):
+                v.release()
+        if self._dead is None:
+            self._ring.release()  # type: ignore[union-attr]
+            self._spins = 0
+
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
 
@@ -289,6 +351,53 @@ class Queue:
             except OSError:  # saturated counter or closed fd: the peer polls or is gone
                 pass
 
+    @contextlib.asynccontextmanager
+    async def reserve(self, count: int, size: int) -> AsyncIterator[Reservation]:
+        """Zero-copy transmit: ``async with tx.reserve(n, size) as bufs:``.
+
+        Waits (with the transmit backoff and ``tx_timeout``) until ``count``
+        buffers of at least ``size`` bytes are free, yields them as writable
+        memoryviews, and publishes them on a clean exit, each with length
+        ``bufs.lengths[i]`` (``size`` unless changed).  If the block raises
+        (or is cancelled) nothing is published and no slot is lost.
+        """
+        self._check_tx()
+        if self._reserved is not None:
+            raise RuntimeError("a reservation on this queue is already active")
+        retry: Optional[_Backoff] = None
+        while True:
+            self._raise_dead()
+            try:
+                views = self._ring.reserve(count, size)  # type: ignore[union-attr]
+            except ProtocolViolation as exc:
+                self._violation(exc)
+                self._raise_dead()
+                raise Disconnected(exc.reason) from None
+            if views is not None:
+                break
+            retry = retry or _Backoff(self._tx_timeout)
+            await retry.wait()
+        res = Reservation(views, size)
+        self._reserved = res
+        ok = False
+        try:
+            yield res
+            ok = True
+        finally:
+            self._reserved = None
+            for v in views:
+                v.release()
+            if ok:
+                lengths = res.lengths
+                if len(lengths) > count or (lengths and (min(lengths) <= 0 or
+                                                         max(lengths) > size)):
+                    raise ValueError(f"lengths must be {count} values within 1..{size}")
+                self._raise_dead()
+                self._ring.commit(lengths)  # type: ignore[union-attr]
+                if not self._signal_pending:
+                    self._signal_pending = True
+                    self._loop.call_soon(self._signal)
+
     def _check_tx(self) -> None:
         if self._is_rx:
             raise TypeError("this is a receive queue")
@@ -339,6 +448,14 @@ class Queue:
                 done += n
                 retry.reset()
         return total
+
+
+class Reservation(list):  # type: ignore[type-arg]
+    """Writable buffers from :meth:`Queue.reserve`; set ``lengths[i]`` to publish less."""
+
+    def __init__(self, views: list[memoryview], size: int) -> None:
+        super().__init__(views)
+        self.lengths = [size] * len(views)
 
 
 class _Backoff:

@@ -159,7 +159,7 @@ class _Ring:
 class _ClientRing(_Ring):
     """A ring the client created: it knows each slot's own buffer (its private shadow)."""
 
-    __slots__ = ("bsize", "slot_offsets", "mm", "_offs_arr", "_bsize_arr")
+    __slots__ = ("bsize", "slot_offsets", "mm", "view", "_offs_arr", "_bsize_arr")
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout, buffer_offsets: list[int], buffer_size: int) -> None:
@@ -169,6 +169,7 @@ class _ClientRing(_Ring):
         self.bsize = buffer_size
         self.slot_offsets = list(buffer_offsets)
         self.mm = regions[region].mm
+        self.view = regions[region].view
         self._offs_arr = memoryview(array.array("I", self.slot_offsets))
         self._bsize_arr = memoryview(array.array("I", [buffer_size] * self.size))
 
@@ -263,6 +264,38 @@ class S2MProducer(_ClientRing):
         st.bytes += length
         return True
 
+    def reserve(self, count: int, size: int) -> list[memoryview] | None:
+        """Writable views of ``count`` free buffers of ``size`` bytes (zero-copy
+        transmit), or None while the ring has fewer free slots.  Nothing is
+        published until :meth:`commit`."""
+        if not 0 < size <= self.bsize:
+            raise PacketTooLarge(f"reserve size {size} must be within 1..{self.bsize}")
+        if not 0 < count <= self.size:
+            raise ValueError(f"count must be within 1..{self.size}")
+        if self.free_slots() < count:
+            return None
+        head = self._head
+        mask = self.mask
+        offs = self.slot_offsets
+        view = self.view
+        return [view[offs[(head + i) & mask]:offs[(head + i) & mask] + size]
+                for i in range(count)]
+
+    def commit(self, lengths: Sequence[int]) -> None:
+        """Publish the first ``len(lengths)`` reserved buffers with these lengths."""
+        k = len(lengths)
+        if k == 0:
+            return
+        if min(lengths) <= 0 or max(lengths) > self.bsize:
+            raise ValueError("each length must be within 1..buffer size")
+        head = self._head
+        s = head & self.mask
+        run = min(k, self.size - s)
+        self._post_run(s, run, array.array("I", lengths[:run]))
+        if run < k:
+            self._post_run(0, k - run, array.array("I", lengths[run:]))
+        self._publish(head + k, k, sum(lengths))
+
     def _publish(self, head: int, n: int, nbytes: int) -> None:
         self._head = head & 0xFFFF
         self.idx[self._head_i] = self._head  # publish (single aligned 16-bit store)
@@ -318,18 +351,23 @@ class M2SConsumer(_ClientRing):
     memory: the private shadow says where our buffer is (§12.7).
     """
 
-    __slots__ = ("_head", "_cons")
+    __slots__ = ("_head", "_cons", "_held")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head = 0
         self._cons = 0
+        self._held: int | None = None  # first slot of a zero-copy lease
         self.idx[self._head_i] = 0
 
     def refill(self) -> int:
-        """Post every free slot back to the server; returns the number posted."""
+        """Post every free slot back to the server; returns the number posted.
+
+        Slots handed out by a zero-copy read stay ours until :meth:`release`.
+        """
         head = self._head
-        k = self.size - ((head - self._cons) & 0xFFFF)
+        done = self._cons if self._held is None else self._held
+        k = self.size - ((head - done) & 0xFFFF)
         if k <= 0:
             return 0
         s = head & self.mask
@@ -348,10 +386,26 @@ class M2SConsumer(_ClientRing):
             raise ProtocolViolation("M2S tail moved past the buffers we posted")
         return n
 
-    def read_burst(self, max_packets: int, out: MutableSequence[bytes]) -> int:
+    def release(self) -> None:
+        """End a zero-copy lease: the leased buffers go back to the server."""
+        if self._held is not None:
+            self._held = None
+            self.refill()
+
+    def _consumed(self, start: int, zero_copy: bool) -> None:
+        if zero_copy:
+            if self._held is None:
+                self._held = start
+        else:
+            self.refill()
+
+    def read_burst(self, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool = False) -> int:
         """Append up to ``max_packets`` packets to ``out``; return how many.
 
-        Consumed slots are reposted at once.
+        Consumed slots are reposted at once.  With ``zero_copy`` the packets
+        are memoryviews into shared memory (chains are still joined into
+        bytes) and the slots stay ours until :meth:`release`.
         """
         n = self.available()
         if not n:
@@ -364,20 +418,21 @@ class M2SConsumer(_ClientRing):
         if flags.count(0) == run:
             lens = self.d32[s * _W32 + _L32:(s + run) * _W32:_W32].tolist()
             if min(lens) > 0 and max(lens) <= self.bsize:
-                mm = self.mm
-                out.extend([mm[o:o + m] for o, m in zip(self.slot_offsets[s:s + run], lens)])
+                src = self.view if zero_copy else self.mm
+                out.extend([src[o:o + m] for o, m in zip(self.slot_offsets[s:s + run], lens)])
                 self._cons = (cons + run) & 0xFFFF
                 st = self.stats
                 st.packets += run
                 st.bytes += sum(lens)
-                self.refill()
+                self._consumed(cons, zero_copy)
                 return run
-        return self._read_slow(n, max_packets, out)
+        return self._read_slow(n, max_packets, out, zero_copy)
 
-    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[bytes]) -> int:
-        cons = self._cons
+    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool = False) -> int:
+        cons = start = self._cons
         mask = self.mask
-        mm = self.mm
+        mm = self.view if zero_copy else self.mm
         offs = self.slot_offsets
         bsize = self.bsize
         got = nbytes = bad = 0
@@ -418,18 +473,31 @@ class M2SConsumer(_ClientRing):
             st.bytes += nbytes
             st.bad_descriptors += bad
             st.drops += bad
-            self.refill()
+            self._consumed(start, zero_copy)
         return got
 
 
 class S2MConsumer(_Ring):
     """Server receive (S2M).  The client writes ``head`` and descriptors; we write ``tail``."""
 
-    __slots__ = ("_cur",)
+    __slots__ = ("_cur", "_held")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cur = self.tail
+        self._held = False  # a zero-copy lease keeps tail behind _cur
+
+    def release(self) -> None:
+        """End a zero-copy lease: give the leased slots back to the client."""
+        if self._held:
+            self._held = False
+            self.idx[self._tail_i] = self._cur
+
+    def _consumed(self, zero_copy: bool) -> None:
+        if zero_copy:
+            self._held = True
+        elif not self._held:
+            self.idx[self._tail_i] = self._cur  # release the slots
 
     def available(self) -> int:
         n = (self.idx[self._head_i] - self._cur) & 0xFFFF
@@ -437,7 +505,14 @@ class S2MConsumer(_Ring):
             raise ProtocolViolation("S2M head ran more than a ring ahead of tail")
         return n
 
-    def read_burst(self, max_packets: int, out: MutableSequence[bytes]) -> int:
+    def read_burst(self, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool = False) -> int:
+        """Append up to ``max_packets`` packets to ``out``; return how many.
+
+        With ``zero_copy`` the packets are memoryviews into the client's
+        memory (chains are joined into bytes) and ``tail`` stays put until
+        :meth:`release`.
+        """
         n = self.available()
         if not n:
             return 0
@@ -456,27 +531,28 @@ class S2MConsumer(_Ring):
             offs = d32[s * _W32 + _O32:e32:_W32].tolist()
             r = self.regions[g]
             if min(lens) > 0 and max(map(add, offs, lens)) <= r.size:
-                mm = r.mm
-                out.extend([mm[o:o + m] for o, m in zip(offs, lens)])
+                src = r.view if zero_copy else r.mm
+                out.extend([src[o:o + m] for o, m in zip(offs, lens)])
                 self._cur = (cur + run) & 0xFFFF
-                self.idx[self._tail_i] = self._cur  # release the slots
                 st = self.stats
                 st.packets += run
                 st.bytes += sum(lens)
+                self._consumed(zero_copy)
                 return run
-        return self._read_slow(n, max_packets, out)
+        return self._read_slow(n, max_packets, out, zero_copy)
 
-    def _segment(self, s: int) -> tuple[int, bytes | None]:
+    def _segment(self, s: int, zero_copy: bool = False) -> tuple[int, Any]:
         """Read descriptor ``s`` once; return ``(flags, data or None if invalid)``."""
         flags, region, length, offset = self._desc(s)
         regions = self.regions
         if region < len(regions) and 0 < length:
             r = regions[region]
             if offset + length <= r.size:
-                return flags, r.mm[offset:offset + length]
+                return flags, (r.view if zero_copy else r.mm)[offset:offset + length]
         return flags, None
 
-    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[bytes]) -> int:
+    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool = False) -> int:
         cur = self._cur
         end = cur + n
         mask = self.mask
@@ -487,7 +563,7 @@ class S2MConsumer(_Ring):
             c = cur
             flags = 0
             while c < end:
-                flags, data = self._segment(c & mask)
+                flags, data = self._segment(c & mask, zero_copy)
                 c += 1
                 if data is None:
                     ok = False
@@ -509,7 +585,7 @@ class S2MConsumer(_Ring):
                 bad += 1
         if cur != self._cur:
             self._cur = cur & 0xFFFF
-            self.idx[self._tail_i] = self._cur  # release the slots
+            self._consumed(zero_copy)
             st = self.stats
             st.packets += got
             st.bytes += nbytes
@@ -607,6 +683,42 @@ class M2SProducer(_Ring):
                     st.bytes += length
                     return True
         return self.write_burst((pkt,)) == 1
+
+    def reserve(self, count: int, size: int) -> list[memoryview] | None:
+        """Writable views of ``count`` posted buffers, ``size`` bytes each (zero-copy
+        transmit), or None while fewer are posted.  Nothing is published until
+        :meth:`commit`.  A posted buffer smaller than ``size`` raises
+        :class:`PacketTooLarge`."""
+        if size <= 0:
+            raise ValueError("size must be positive")
+        if not 0 < count <= self.size:
+            raise ValueError(f"count must be within 1..{self.size}")
+        if self.free_slots() < count:
+            return None
+        tail = self._tail
+        views = []
+        for i in range(count):
+            r, offset, cap = self._target((tail + i) & self.mask)
+            if cap < size:
+                raise PacketTooLarge(f"the peer posted a {cap}-byte buffer; {size} requested")
+            views.append(r.view[offset:offset + size])
+        return views
+
+    def commit(self, lengths: Sequence[int]) -> None:
+        """Publish the first ``len(lengths)`` reserved buffers with these lengths
+        (each at most the size reserved; the caller checks it)."""
+        if not lengths:
+            return
+        if min(lengths) <= 0:
+            raise ValueError("each length must be positive")
+        tail = self._tail
+        d16 = self.d16
+        d32 = self.d32
+        for i, length in enumerate(lengths):
+            s = (tail + i) & self.mask
+            d16[s * _W16 + _F16] = 0
+            d32[s * _W32 + _L32] = length
+        self._publish(tail + len(lengths), len(lengths), sum(lengths))
 
     def _publish(self, tail: int, n: int, nbytes: int) -> None:
         self._tail = tail & 0xFFFF

@@ -350,3 +350,54 @@ async def test_abstract_socket(no_leaks: None) -> None:
     name = f"@memif-aio-test-{os.getpid()}"
     async with pair(name) as (_sock, m, s):
         await exchange(s, m, 0, [b"abstract"])
+
+
+@pytest.mark.parametrize("sender", ["slave", "master"])
+async def test_zero_copy_lease_and_reserve(sock_path: str, no_leaks: None, sender: str) -> None:
+    mc = MemoryConfig(log2_ring_size=4)  # 16 slots: leases must give slots back
+    async with pair(sock_path, slave={"memory_config": mc}) as (_sock, m, s):
+        tx_itf, rx_itf = (s, m) if sender == "slave" else (m, s)
+        tx, rx = tx_itf.get_tx_queue(0), rx_itf.get_rx_queue(0)
+        kept = []
+        for round_ in range(5):  # 5 x 12 packets through 16 slots
+            async with tx.reserve(12, 100) as bufs:
+                assert len(bufs) == 12 and all(len(b) == 100 for b in bufs)
+                for i, b in enumerate(bufs):
+                    b[:] = bytes([round_, i]) * 50
+                bufs.lengths[11] = 7  # publish a shorter last packet
+            got: list[bytes] = []
+            while len(got) < 12:
+                async with rx.lease(64) as views:
+                    assert all(isinstance(v, memoryview) for v in views)
+                    got.extend(bytes(v) for v in views)
+                    kept.append(views[0])
+            assert got[:11] == [bytes([round_, i]) * 50 for i in range(11)]
+            assert got[11] == bytes([round_, 11]) * 3 + bytes([round_])
+        with pytest.raises(ValueError):
+            kept[0][0]  # a view used after its lease fails cleanly
+        # an exception inside reserve publishes nothing and loses no slot
+        with pytest.raises(RuntimeError, match="abort"):
+            async with tx.reserve(16, 64) as bufs:
+                bufs[0][:3] = b"bad"
+                raise RuntimeError("abort")
+        assert rx.read_burst_nowait(64) == []
+        await tx.write_burst([b"after"] * 16)
+        assert await rx.read_burst(64) == [b"after"] * 16
+        # a chained packet inside a lease arrives as bytes
+        await tx.write_packet(b"c" * 5000)
+        async with rx.lease() as views:
+            assert views == [b"c" * 5000] and isinstance(views[0], bytes)
+
+
+async def test_lease_released_on_disconnect(sock_path: str, no_leaks: None) -> None:
+    async with pair(sock_path) as (_sock, m, s):
+        await s.get_tx_queue(0).write_packet(b"held")
+        rx = m.get_rx_queue(0)
+        with pytest.raises(ValueError):
+            async with rx.lease() as views:
+                assert bytes(views[0]) == b"held"
+                await s.disconnect()
+                await asyncio.sleep(0.05)
+                views[0][0]  # the mapping is going away: the view refuses access
+        with pytest.raises(Disconnected):
+            rx.read_packet_nowait()
