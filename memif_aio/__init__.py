@@ -27,7 +27,7 @@ from .errors import (
     ProtocolViolation,
     WouldBlock,
 )
-from .interface import Interface
+from .interface import Interface, InterfaceStats, LinkEvent
 from .queue import Queue, QueueStats
 from .socket import Socket
 from .wire import (
@@ -61,6 +61,8 @@ __all__ = [
     "ConnectionRefused",
     "Disconnected",
     "Interface",
+    "InterfaceStats",
+    "LinkEvent",
     "InterfaceMode",
     "MemifError",
     "MemoryConfig",

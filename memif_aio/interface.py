@@ -6,7 +6,9 @@ import asyncio
 import inspect
 import logging
 import socket as _socket
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Protocol, Union
 
 from .config import Arguments, MemoryConfig
 from .errors import ConnectionRefused, Disconnected, MemifError, NotConnected
@@ -21,7 +23,7 @@ from .protocol import (
     ServerHandshake,
     Session,
 )
-from .queue import Queue
+from .queue import Queue, QueueStats
 from .transport import SeqpacketTransport
 from .wire import to_text
 
@@ -29,6 +31,36 @@ if TYPE_CHECKING:
     from .socket import Socket
 
 log = logging.getLogger("memif_aio")
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """A link state change, as delivered by :meth:`Interface.events`."""
+
+    kind: str  #: "up" or "down"
+    reason: str  #: for "down": why (the peer's DISCONNECT string, or ours)
+    by_peer: bool
+    time: float  #: ``time.time()`` of the change
+
+
+@dataclass(frozen=True)
+class InterfaceStats:
+    """A snapshot of an interface, much like VPP's ``show memif``."""
+
+    id: int
+    role: str
+    name: str
+    state: str  #: "connected", "connecting" or "down"
+    peer_name: str
+    remote_name: str
+    socket: str
+    mode: str
+    connections: int
+    last_reason: str
+    memory: MemoryConfig
+    regions: tuple[tuple[int, int], ...]  #: (index, size) of each mapped region
+    rx: tuple[QueueStats, ...]
+    tx: tuple[QueueStats, ...]
 
 
 class _Owner(Protocol):
@@ -134,6 +166,7 @@ class Interface:
         self._attempt_waiters: list[asyncio.Future[Optional[str]]] = []
         self._callback_tasks: set[asyncio.Task[Any]] = set()
         self._connections = 0
+        self._subscribers: list[asyncio.Queue[Optional[LinkEvent]]] = []
 
     # --- gomemif surface --------------------------------------------------------------
     def get_id(self) -> int:
@@ -190,6 +223,38 @@ class Interface:
         if not 0 <= qid < len(queues):
             raise IndexError(f"queue {qid} does not exist (this connection has {len(queues)})")
         return queues[qid]
+
+    def stats(self) -> InterfaceStats:
+        """A frozen snapshot: state, names, negotiated memory, regions, per-queue counters."""
+        state = "connected" if self.is_connected() else (
+            "connecting" if self.is_connecting() else "down")
+        regions = tuple((i, r.size) for i, r in enumerate(self._session.regions)) \
+            if self._session is not None else ()
+        return InterfaceStats(
+            id=self.get_id(), role="master" if self.is_master() else "slave",
+            name=self.get_name(), state=state, peer_name=self._peer_name,
+            remote_name=self._remote_name, socket=self._socket.get_filename(),
+            mode=self._args.mode.name.lower(), connections=self._connections,
+            last_reason=self._last_reason, memory=self.get_memory_config(), regions=regions,
+            rx=tuple(q.stats() for q in self._rxq), tx=tuple(q.stats() for q in self._txq))
+
+    async def events(self) -> AsyncIterator[LinkEvent]:
+        """``async for ev in itf.events()``: link up/down events from now on
+        (beside the callbacks); ends when the interface is deleted."""
+        q: asyncio.Queue[Optional[LinkEvent]] = asyncio.Queue()
+        self._subscribers.append(q)
+        try:
+            while True:
+                ev = await q.get()
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            self._subscribers.remove(q)
+
+    def _publish(self, ev: Optional[LinkEvent]) -> None:
+        for q in self._subscribers:
+            q.put_nowait(ev)
 
     @property
     def rx_queues(self) -> list[Queue]:
@@ -311,6 +376,8 @@ class Interface:
         self._attempt_waiters.clear()
         if self._deleted and self._connected is not None:
             self._connected.set()  # release wait_connected() callers (they raise)
+        if self._deleted:
+            self._publish(None)  # ends events() iterators
         if self._callback_tasks:
             await asyncio.gather(*self._callback_tasks, return_exceptions=True)
 
@@ -417,6 +484,7 @@ class Interface:
                  self._remote_name, self._peer_name, len(self._rxq), len(self._txq),
                  session.log2_ring_size, session.buffer_size)
         self._connected_event().set()
+        self._publish(LinkEvent("up", "", False, time.time()))
         self._callback(args.connected_func)
 
     def _channel_closed(self, channel: ControlChannel, reason: str, by_peer: bool) -> None:
@@ -444,6 +512,7 @@ class Interface:
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(was_up)
         if was_up:
+            self._publish(LinkEvent("down", reason, by_peer, time.time()))
             self._callback(self._args.disconnected_func)
 
     def _protocol_violation(self, reason: str) -> None:

@@ -401,3 +401,28 @@ async def test_lease_released_on_disconnect(sock_path: str, no_leaks: None) -> N
                 views[0][0]  # the mapping is going away: the view refuses access
         with pytest.raises(Disconnected):
             rx.read_packet_nowait()
+
+
+async def test_stats_and_events(sock_path: str, no_leaks: None) -> None:
+    async with pair(sock_path, connect=False) as (_sock, m, s):
+        seen: list[tuple[str, str]] = []
+
+        async def watch() -> None:
+            async for ev in m.events():
+                seen.append((ev.kind, ev.reason))
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.wait_for(asyncio.gather(m.wait_connected(), s.wait_connected()), T)
+        await s.get_tx_queue(0).write_burst([b"x" * 100] * 3)
+        await m.get_rx_queue(0).read_burst(3)
+        st = m.stats()
+        assert (st.role, st.state, st.peer_name, st.connections) == ("master", "connected", "s", 1)
+        assert st.regions == ((0, MemoryConfig().region_size()),)
+        assert st.rx[0].packets == 3 and st.rx[0].bytes == 300 and st.rx[0].ring_size == 1024
+        assert s.stats().tx[0].head == 3
+        await s.disconnect()
+        await asyncio.sleep(0.05)
+        assert m.stats().state == "down" and m.stats().last_reason == "interface disconnected"
+        await m.delete()
+        await asyncio.wait_for(watcher, T)  # ends when the interface is deleted
+        assert seen == [("up", ""), ("down", "interface disconnected")]
