@@ -25,6 +25,7 @@ from typing import Callable, Optional, Protocol, Union
 from .errors import ProtocolViolation
 from .memory import ClientLayout, Region, close_fds, is_eventfd, new_eventfd
 from .ring import (
+    _Ring,
     M2SConsumer,
     M2SProducer,
     S2MConsumer,
@@ -119,7 +120,7 @@ class Session:
             return
         self.closed = True
         for ring in (*self.rx, *self.tx):
-            ring.release()
+            _drop_views(ring)
         for region in self.regions:
             region.close()
         close_fds(self.rx_eventfds)
@@ -215,6 +216,16 @@ class _Machine:
         return [Closed(reason, by_peer)]
 
 
+def _drop_views(ring: _Ring) -> None:
+    """Release a ring's views into shared memory so its region can be unmapped.
+
+    Called through the base class on purpose: the consumer classes override
+    ``release()`` to end a zero-copy lease, which drops no view (and would
+    repost buffers into a dead session).
+    """
+    _Ring.release(ring)
+
+
 def _type_name(t: int) -> str:
     try:
         return MsgType(t).name
@@ -224,7 +235,8 @@ def _type_name(t: int) -> str:
 
 def _unexpected(msg: object) -> ProtocolViolation:
     t = getattr(msg, "TYPE", None)
-    return ProtocolViolation(f"unexpected message {t.name if t is not None else msg!r}")
+    name = t.name if t is not None else repr(msg)
+    return ProtocolViolation(f"unexpected message {name}")
 
 
 # ----------------------------------------------------------------------------
@@ -386,7 +398,7 @@ class ServerHandshake(_Machine):
                 out.append(ring)  # type: ignore[attr-defined]
                 if not ring.cookie_ok():
                     for r in (*rx, *tx):
-                        r.release()
+                        _drop_views(r)
                     kind = "rx" if cls is S2MConsumer else "tx"
                     raise ProtocolViolation(f"wrong cookie on {kind} ring {m.index}")
         try:
@@ -394,7 +406,7 @@ class ServerHandshake(_Machine):
                 validate_initial_indices(ring)
         except ProtocolViolation:
             for r in (*rx, *tx):
-                r.release()
+                _drop_views(r)
             raise
         first = s2m[0][0]
         # Every client initialises S2M descriptors with length = its buffer size (§6.5).
@@ -447,7 +459,7 @@ class ClientHandshake(_Machine):
         self.peer_name = b""
         self.layout: Optional[ClientLayout] = None
         self._queue: list[SendMessage] = []
-        self._acked_init = False
+        self._sent = 0  # queued messages sent so far (INIT is the first)
         self._s2m_fds: list[int] = []
         self._m2s_fds: list[int] = []
 
@@ -459,15 +471,16 @@ class ClientHandshake(_Machine):
         return super()._teardown(reason, by_peer)
 
     def _eof_reason(self) -> str:
-        if self.state is ClientState.WAIT_ACK and self._acked_init:
+        if self.state in (ClientState.WAIT_ACK, ClientState.WAIT_CONNECTED):
+            if self._sent == 2:
+                # INIT was acknowledged, then the peer hung up: libmemif's answer to an
+                # unknown interface id (protocol reference §11, item 11)
+                return "peer closed the connection during the handshake (unknown interface id?)"
             return "peer closed the connection during the handshake"
-        if self.state is ClientState.WAIT_ACK:
-            return "peer closed the connection during the handshake (unknown interface id?)"
         return super()._eof_reason()
 
     def _handle(self, msg: object, fd: Optional[int]) -> list[Output]:
-        if fd is not None:
-            close_fds([fd])
+        if fd is not None:  # receive() closes it (it is still the pending fd)
             raise ProtocolViolation("unexpected file descriptor")
         if self.state is ClientState.WAIT_HELLO and isinstance(msg, MsgHello):
             return self._on_hello(msg)
@@ -520,8 +533,7 @@ class ClientHandshake(_Machine):
         if not self._queue:
             raise ProtocolViolation("unexpected message ACK")
         msg = self._queue.pop(0)
-        if msg.data[0] != MsgType.INIT:
-            self._acked_init = True
+        self._sent += 1
         if msg.data[0] == MsgType.CONNECT:
             self.state = ClientState.WAIT_CONNECTED
         return [msg]
