@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Union
 
 from .wire import MAX_LOG2_RING_SIZE, NAME_SIZE, SECRET_SIZE, InterfaceMode, RingLayout
 
@@ -28,7 +28,7 @@ class RxMode(enum.Enum):
     ADAPTIVE = "adaptive"  #: poll while traffic flows, fall back to the eventfd when idle
 
 
-Callback = Callable[["Any"], Union[None, Awaitable[None]]]
+Callback = Callable[["Any"], Union[Awaitable[None], None]]
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
@@ -78,8 +78,8 @@ class Arguments:
     mode: InterfaceMode = InterfaceMode.ETHERNET
     secret: bytes = b""
     memory_config: MemoryConfig = field(default_factory=MemoryConfig)
-    connected_func: Optional[Callback] = None
-    disconnected_func: Optional[Callback] = None
+    connected_func: Callback | None = None
+    disconnected_func: Callback | None = None
     private_data: Any = None
     # --- extras beyond gomemif ------------------------------------------------
     rx_mode: RxMode = RxMode.INTERRUPT
@@ -88,7 +88,7 @@ class Arguments:
     reconnect_min_delay: float = 0.1
     reconnect_max_delay: float = 2.0
     require_seal: bool = True
-    tx_timeout: Optional[float] = None
+    tx_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("id", self.id, 0, 0xFFFFFFFF)

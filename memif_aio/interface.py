@@ -8,7 +8,7 @@ import logging
 import socket as _socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, Union
 
 from .config import Arguments, MemoryConfig
 from .errors import ConnectionRefused, Disconnected, MemifError, NotConnected
@@ -64,7 +64,7 @@ class InterfaceStats:
 
 
 class _Owner(Protocol):
-    def _claim(self, interface_id: int, channel: ControlChannel) -> Optional[Interface]: ...
+    def _claim(self, interface_id: int, channel: ControlChannel) -> Interface | None: ...
 
     def _channel_closed(self, channel: ControlChannel, reason: str, by_peer: bool) -> None: ...
 
@@ -75,13 +75,13 @@ class ControlChannel(asyncio.Protocol):
     carries out its outputs."""
 
     def __init__(self, machine: Union[ServerHandshake, ClientHandshake], owner: _Owner,
-                 handshake_timeout: float, interface: Optional[Interface] = None) -> None:
+                 handshake_timeout: float, interface: Interface | None = None) -> None:
         self.machine = machine
         self.owner = owner
         self.interface = interface
-        self.transport: Optional[SeqpacketTransport] = None
+        self.transport: SeqpacketTransport | None = None
         self._timeout = handshake_timeout
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer: asyncio.TimerHandle | None = None
         self.established = False
 
     # --- asyncio.Protocol -----------------------------------------------------------
@@ -94,11 +94,11 @@ class ControlChannel(asyncio.Protocol):
     def message_received(self, data: bytes, fds: list[int], truncated: bool) -> None:
         self._apply(self.machine.receive(data, fds, truncated))
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         self._apply(self.machine.eof())
         return None
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._apply(self.machine.eof())
 
     # --- local actions ------------------------------------------------------------
@@ -148,25 +148,25 @@ class Interface:
     def __init__(self, sock: Socket, args: Arguments) -> None:
         self._socket = sock
         self._args = args
-        self._channel: Optional[ControlChannel] = None
-        self._session: Optional[Session] = None
+        self._channel: ControlChannel | None = None
+        self._session: Session | None = None
         self._rxq: list[Queue] = []
         self._txq: list[Queue] = []
-        self._memory: Optional[MemoryConfig] = None
+        self._memory: MemoryConfig | None = None
         self._peer_name = ""
         self._remote_name = ""
         self._last_reason = ""
         self._last_by_peer = False
         self._deleted = False
         self._paused = False
-        self._task: Optional[asyncio.Task[None]] = None
-        self._wake: Optional[asyncio.Event] = None
-        self._connected: Optional[asyncio.Event] = None
-        self._closed_fut: Optional[asyncio.Future[bool]] = None
-        self._attempt_waiters: list[asyncio.Future[Optional[str]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._connected: asyncio.Event | None = None
+        self._closed_fut: asyncio.Future[bool] | None = None
+        self._attempt_waiters: list[asyncio.Future[str | None]] = []
         self._callback_tasks: set[asyncio.Task[Any]] = set()
         self._connections = 0
-        self._subscribers: list[asyncio.Queue[Optional[LinkEvent]]] = []
+        self._subscribers: list[asyncio.Queue[LinkEvent | None]] = []
 
     # --- gomemif surface --------------------------------------------------------------
     def get_id(self) -> int:
@@ -241,7 +241,7 @@ class Interface:
     async def events(self) -> AsyncIterator[LinkEvent]:
         """``async for ev in itf.events()``: link up/down events from now on
         (beside the callbacks); ends when the interface is deleted."""
-        q: asyncio.Queue[Optional[LinkEvent]] = asyncio.Queue()
+        q: asyncio.Queue[LinkEvent | None] = asyncio.Queue()
         self._subscribers.append(q)
         try:
             while True:
@@ -252,7 +252,7 @@ class Interface:
         finally:
             self._subscribers.remove(q)
 
-    def _publish(self, ev: Optional[LinkEvent]) -> None:
+    def _publish(self, ev: LinkEvent | None) -> None:
         for q in self._subscribers:
             q.put_nowait(ev)
 
@@ -270,7 +270,7 @@ class Interface:
         role = "master" if self.is_master() else "slave"
         return f"<Interface {role} id={self.get_id()} {state}>"
 
-    async def wait_connected(self, timeout: Optional[float] = None) -> None:
+    async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the link is up; ``TimeoutError`` (with the last reason) otherwise."""
         if self._deleted:
             raise MemifError("interface was deleted")
@@ -279,7 +279,7 @@ class Interface:
             return
         try:
             await asyncio.wait_for(ev.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             why = f" (last: {self._last_reason})" if self._last_reason else ""
             raise TimeoutError(f"interface {self.get_id()} did not connect in {timeout} s{why}") \
                 from None
@@ -300,7 +300,7 @@ class Interface:
         self._paused = False
         if self._session is not None or self._channel is not None:
             return
-        fut: asyncio.Future[Optional[str]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._attempt_waiters.append(fut)
         self._ensure_task()
         assert self._wake is not None
@@ -411,10 +411,10 @@ class Interface:
                 return
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
-    def _finish_attempt(self, reason: Optional[str]) -> None:
+    def _finish_attempt(self, reason: str | None) -> None:
         for fut in self._attempt_waiters:
             if not fut.done():
                 fut.set_result(reason)
@@ -455,7 +455,7 @@ class Interface:
             raise
 
     # --- called by the control channel ----------------------------------------------------
-    def _claim(self, interface_id: int, channel: ControlChannel) -> Optional[Interface]:
+    def _claim(self, interface_id: int, channel: ControlChannel) -> Interface | None:
         return self
 
     def _on_established(self, session: Session, channel: ControlChannel) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Sequence, Union
 
 from .config import RxMode
 from .errors import Disconnected, ProtocolViolation, WouldBlock
@@ -56,7 +56,7 @@ class Queue:
 
     def __init__(self, interface: Interface, qid: int, ring: Union[RxRing, TxRing],
                  eventfd: int, is_rx: bool, rx_mode: RxMode,
-                 tx_timeout: Optional[float] = None) -> None:
+                 tx_timeout: float | None = None) -> None:
         self._itf = interface
         self._qid = qid
         self._ring = ring
@@ -65,15 +65,15 @@ class Queue:
         self._mode = rx_mode
         self._tx_timeout = tx_timeout
         self._loop = asyncio.get_running_loop()
-        self._dead: Optional[Disconnected] = None
+        self._dead: Disconnected | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._pending: collections.deque[bytes] = collections.deque()
         self._spins = 0
         self._reading = False
         self._signals = 0
         self._signal_pending = False
-        self._leased: Optional[list[Any]] = None
-        self._reserved: Optional[Reservation] = None
+        self._leased: list[Any] | None = None
+        self._reserved: Reservation | None = None
         if is_rx:
             ring.set_interrupt_mask(rx_mode is not RxMode.INTERRUPT)
             if rx_mode is not RxMode.POLLING:
@@ -153,9 +153,9 @@ class Queue:
         if self._dead is not None:
             return 0
         try:
-            got = self._ring.read_burst(n, self._pending)  # type: ignore[union-attr, arg-type]
+            got = self._ring.read_burst(n, self._pending)  # type: ignore[union-attr]
             if got and got < n:  # the ring wrapped, or a chain was waiting: one more pass
-                got += self._ring.read_burst(n - got, self._pending)  # type: ignore[union-attr, arg-type]
+                got += self._ring.read_burst(n - got, self._pending)  # type: ignore[union-attr]
             return got
         except ProtocolViolation as exc:
             self._violation(exc)
@@ -293,7 +293,7 @@ class Queue:
             if isinstance(v, memoryview):
                 v.release()
         if self._dead is None:
-            self._ring.release()  # type: ignore[union-attr]
+            self._ring.release()
             self._spins = 0
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -364,7 +364,7 @@ class Queue:
         self._check_tx()
         if self._reserved is not None:
             raise RuntimeError("a reservation on this queue is already active")
-        retry: Optional[_Backoff] = None
+        retry: _Backoff | None = None
         while True:
             self._raise_dead()
             try:
@@ -439,7 +439,7 @@ class Queue:
             packets = list(packets)
         total = len(packets)
         done = self._write(packets)
-        retry: Optional[_Backoff] = None
+        retry: _Backoff | None = None
         while done < total:
             retry = retry or _Backoff(self._tx_timeout)
             await retry.wait()
@@ -461,9 +461,9 @@ class Reservation(list):  # type: ignore[type-arg]
 class _Backoff:
     """Adaptive wait for ring space: yield a few times, then sleep up to 2 ms."""
 
-    __slots__ = ("n", "deadline")
+    __slots__ = ("deadline", "n")
 
-    def __init__(self, timeout: Optional[float]) -> None:
+    def __init__(self, timeout: float | None) -> None:
         self.n = 0
         self.deadline = None if timeout is None else time.monotonic() + timeout
 

@@ -89,9 +89,24 @@ def check_ring_geometry(regions: list[Region], region: int, offset: int, log2_ri
 class _Ring:
     """Common state: index and descriptor views, and the ring geometry."""
 
-    __slots__ = ("regions", "buf", "idx", "d16", "d32", "desc0", "size", "mask", "layout",
-                 "_head_i", "_tail_i", "_flags_i", "stats", "ring_offset", "region_index",
-                 "_zeros16")
+    __slots__ = (
+        "_flags_i",
+        "_head_i",
+        "_tail_i",
+        "_zeros16",
+        "buf",
+        "d16",
+        "d32",
+        "desc0",
+        "idx",
+        "layout",
+        "mask",
+        "region_index",
+        "regions",
+        "ring_offset",
+        "size",
+        "stats",
+    )
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout) -> None:
@@ -159,7 +174,7 @@ class _Ring:
 class _ClientRing(_Ring):
     """A ring the client created: it knows each slot's own buffer (its private shadow)."""
 
-    __slots__ = ("bsize", "slot_offsets", "mm", "view", "_offs_arr", "_bsize_arr")
+    __slots__ = ("_bsize_arr", "_offs_arr", "bsize", "mm", "slot_offsets", "view")
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout, buffer_offsets: list[int], buffer_size: int) -> None:
@@ -351,7 +366,7 @@ class M2SConsumer(_ClientRing):
     memory: the private shadow says where our buffer is (§12.7).
     """
 
-    __slots__ = ("_head", "_cons", "_held")
+    __slots__ = ("_cons", "_head", "_held")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -8,7 +8,6 @@ import logging
 import os
 import socket as _socket
 import stat
-from typing import Optional
 
 from .config import DEFAULT_SOCKET_FILENAME, Arguments
 from .errors import MemifError
@@ -51,8 +50,8 @@ class Socket:
     """
 
     def __init__(self, filename: str = DEFAULT_SOCKET_FILENAME, *, app_name: str = "memif_aio",
-                 socket_mode: Optional[int] = None,
-                 socket_owner: Optional[tuple[int, int]] = None,
+                 socket_mode: int | None = None,
+                 socket_owner: tuple[int, int] | None = None,
                  handshake_timeout: float = 10.0, max_pending: int = 64,
                  max_total_region_size: int = 1 << 34) -> None:
         self._filename = filename
@@ -68,12 +67,12 @@ class Socket:
         self._server_config = ServerConfig(app_name=raw, lookup=self._lookup,
                                            max_total_region_size=max_total_region_size)
         self._interfaces: dict[tuple[bool, int], Interface] = {}
-        self._listener: Optional[_socket.socket] = None
-        self._listener_inode: Optional[tuple[int, int]] = None
+        self._listener: _socket.socket | None = None
+        self._listener_inode: tuple[int, int] | None = None
         self._pending: set[ControlChannel] = set()
         self._server_channels: set[ControlChannel] = set()
         self._polling = False
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- gomemif surface ---------------------------------------------------------------
     def get_filename(self) -> str:
@@ -272,10 +271,10 @@ class Socket:
             SeqpacketTransport(loop, conn, channel)
 
     # --- called by server channels -----------------------------------------------------------
-    def _lookup(self, interface_id: int) -> Optional[Interface]:
+    def _lookup(self, interface_id: int) -> Interface | None:
         return self._interfaces.get((True, interface_id))
 
-    def _claim(self, interface_id: int, channel: ControlChannel) -> Optional[Interface]:
+    def _claim(self, interface_id: int, channel: ControlChannel) -> Interface | None:
         itf = self._interfaces.get((True, interface_id))
         self._pending.discard(channel)
         self._server_channels.add(channel)

@@ -14,7 +14,7 @@ import collections
 import errno
 import logging
 import socket
-from typing import Optional, Protocol
+from typing import Protocol
 
 from .memory import close_fds
 from .wire import MSG_SIZE
@@ -31,9 +31,9 @@ class MessageProtocol(Protocol):
 
     def message_received(self, data: bytes, fds: list[int], truncated: bool) -> None: ...
 
-    def eof_received(self) -> Optional[bool]: ...
+    def eof_received(self) -> bool | None: ...
 
-    def connection_lost(self, exc: Optional[Exception]) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
 
 
 class SeqpacketTransport(asyncio.Transport):
@@ -47,7 +47,7 @@ class SeqpacketTransport(asyncio.Transport):
         self._fileno = sock.fileno()
         self._protocol = protocol
         self._closing = False
-        self._outq: collections.deque[tuple[bytes, Optional[int]]] = collections.deque()
+        self._outq: collections.deque[tuple[bytes, int | None]] = collections.deque()
         self._writing = False
         sock.setblocking(False)
         protocol.connection_made(self)
@@ -88,7 +88,7 @@ class SeqpacketTransport(asyncio.Transport):
         self.send_message(bytes(data))
 
     # --- messages --------------------------------------------------------------
-    def send_message(self, data: bytes, fd: Optional[int] = None) -> None:
+    def send_message(self, data: bytes, fd: int | None = None) -> None:
         """Queue one datagram (and at most one fd); sent in order."""
         if self._closing:
             return
