@@ -293,7 +293,7 @@ class Queue:
             if isinstance(v, memoryview):
                 v.release()
         if self._dead is None:
-            self._ring.release()
+            self._ring.end_lease()  # type: ignore[union-attr]
             self._spins = 0
 
     def __aiter__(self) -> AsyncIterator[bytes]:

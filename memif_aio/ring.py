@@ -378,7 +378,7 @@ class M2SConsumer(_ClientRing):
     def refill(self) -> int:
         """Post every free slot back to the server; returns the number posted.
 
-        Slots handed out by a zero-copy read stay ours until :meth:`release`.
+        Slots handed out by a zero-copy read stay ours until :meth:`end_lease`.
         """
         head = self._head
         done = self._cons if self._held is None else self._held
@@ -401,7 +401,7 @@ class M2SConsumer(_ClientRing):
             raise ProtocolViolation("M2S tail moved past the buffers we posted")
         return n
 
-    def release(self) -> None:
+    def end_lease(self) -> None:
         """End a zero-copy lease: the leased buffers go back to the server."""
         if self._held is not None:
             self._held = None
@@ -420,7 +420,7 @@ class M2SConsumer(_ClientRing):
 
         Consumed slots are reposted at once.  With ``zero_copy`` the packets
         are memoryviews into shared memory (chains are still joined into
-        bytes) and the slots stay ours until :meth:`release`.
+        bytes) and the slots stay ours until :meth:`end_lease`.
         """
         n = self.available()
         if not n:
@@ -502,7 +502,7 @@ class S2MConsumer(_Ring):
         self._cur = self.tail
         self._held = False  # a zero-copy lease keeps tail behind _cur
 
-    def release(self) -> None:
+    def end_lease(self) -> None:
         """End a zero-copy lease: give the leased slots back to the client."""
         if self._held:
             self._held = False
@@ -526,7 +526,7 @@ class S2MConsumer(_Ring):
 
         With ``zero_copy`` the packets are memoryviews into the client's
         memory (chains are joined into bytes) and ``tail`` stays put until
-        :meth:`release`.
+        :meth:`end_lease`.
         """
         n = self.available()
         if not n:

@@ -22,7 +22,7 @@ def pytest_asyncio_loop_factories(config: Any, item: pytest.Item) -> Mapping[str
     """Tests marked ``both_loops`` run once on the default loop and once on uvloop."""
     if item.get_closest_marker("both_loops") is not None:
         return LOOPS
-    return None
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def open_fds() -> set[int]:
