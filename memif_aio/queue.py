@@ -30,6 +30,8 @@ TxRing = Union[S2MProducer, M2SProducer]
 _BATCH = 64
 #: empty polls in ADAPTIVE mode before falling back to the eventfd
 _ADAPTIVE_SPINS = 64
+#: how long a polling reader spins on the ring before yielding to the loop
+_SPIN_NS = 20_000
 #: tx retries that only yield to the loop before sleeping
 _TX_SPINS = 16
 _TX_MAX_SLEEP = 0.002
@@ -153,24 +155,37 @@ class Queue:
         if self._dead is not None:
             return 0
         try:
-            got = self._ring.read_burst(n, self._pending)  # type: ignore[union-attr]
-            if got and got < n:  # the ring wrapped, or a chain was waiting: one more pass
-                got += self._ring.read_burst(n - got, self._pending)  # type: ignore[union-attr]
-            return got
+            return self._ring.read_burst(n, self._pending)  # type: ignore[union-attr, no-any-return]
         except ProtocolViolation as exc:
             self._violation(exc)
             return 0
 
+    def _spin(self) -> bool:
+        """Busy-poll the ring for up to ``_SPIN_NS`` without yielding (polling modes).
+
+        True as soon as the peer has published something."""
+        ready = self._ring.ready  # type: ignore[union-attr]
+        if ready():
+            return True
+        clock = time.perf_counter_ns
+        deadline = clock() + _SPIN_NS
+        while clock() < deadline:
+            if ready():
+                return True
+        return False
+
     async def _wait_rx(self) -> None:
         mode = self._mode
         if mode is RxMode.POLLING:
-            await asyncio.sleep(0)
+            if not self._spin():
+                await asyncio.sleep(0)  # let the rest of the program run between spins
             return
         ring = self._ring
         if mode is RxMode.ADAPTIVE:
             if self._spins < _ADAPTIVE_SPINS:
                 self._spins += 1
-                await asyncio.sleep(0)
+                if not self._spin():
+                    await asyncio.sleep(0)
                 return
             ring.set_interrupt_mask(False)  # going idle: ask for interrupts, then re-check
             if self._fill():
@@ -225,6 +240,17 @@ class Queue:
         if max_packets < 1:
             raise ValueError("max_packets must be at least 1")
         pending = self._pending
+        if not pending:  # the common case: straight from the ring into the result
+            out: list[bytes] = []
+            if self._dead is None:
+                ring = self._ring
+                try:
+                    ring.read_burst(max_packets, out)  # type: ignore[union-attr]
+                except ProtocolViolation as exc:
+                    self._violation(exc)
+            if not out:
+                self._raise_dead()
+            return out
         if len(pending) < max_packets:
             self._fill(max(max_packets - len(pending), _BATCH))
         if not pending:
@@ -317,7 +343,7 @@ class Queue:
             self._violation(exc)
             self._raise_dead()
             raise Disconnected(exc.reason) from None
-        if n and not self._signal_pending:
+        if n and not self._signal_pending and self._ring.peer_wants_interrupt():
             self._signal_pending = True
             self._loop.call_soon(self._signal)
         return n
@@ -331,7 +357,7 @@ class Queue:
             self._violation(exc)
             self._raise_dead()
             raise Disconnected(exc.reason) from None
-        if ok and not self._signal_pending:
+        if ok and not self._signal_pending and self._ring.peer_wants_interrupt():
             self._signal_pending = True
             self._loop.call_soon(self._signal)
         return ok

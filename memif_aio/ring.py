@@ -366,26 +366,38 @@ class M2SConsumer(_ClientRing):
     memory: the private shadow says where our buffer is (§12.7).
     """
 
-    __slots__ = ("_cons", "_head", "_held")
+    __slots__ = ("_head", "_cons", "_held", "_refill_batch")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head = 0
         self._cons = 0
+        self._refill_batch = max(1, min(32, self.size // 4))
         self._held: int | None = None  # first slot of a zero-copy lease
         self.idx[self._head_i] = 0
 
-    def refill(self) -> int:
-        """Post every free slot back to the server; returns the number posted.
+    def refill(self, minimum: int = 1) -> int:
+        """Post every free slot back to the server, if at least ``minimum`` are free;
+        returns the number posted.
 
         Slots handed out by a zero-copy read stay ours until :meth:`end_lease`.
         """
         head = self._head
         done = self._cons if self._held is None else self._held
         k = self.size - ((head - done) & 0xFFFF)
-        if k <= 0:
+        if k < minimum or k <= 0:
             return 0
         s = head & self.mask
+        if k == 1:  # the ping-pong case: scalar stores
+            b16 = s * _W16
+            b32 = s * _W32
+            self.d16[b16 + _F16] = 0
+            self.d16[b16 + _R16] = self.region_index
+            self.d32[b32 + _O32] = self.slot_offsets[s]
+            self.d32[b32 + _L32] = self.bsize
+            self._head = (head + 1) & 0xFFFF
+            self.idx[self._head_i] = self._head
+            return 1
         run = min(k, self.size - s)
         self._post_run(s, run, self._bsize_arr[:run])
         if run < k:
@@ -393,6 +405,10 @@ class M2SConsumer(_ClientRing):
         self._head = (head + k) & 0xFFFF
         self.idx[self._head_i] = self._head
         return k
+
+    def ready(self) -> bool:
+        """Cheap check (no validation): has the server filled anything we have not read?"""
+        return self.idx[self._tail_i] != self._cons
 
     def available(self) -> int:
         tail = self.idx[self._tail_i]
@@ -411,8 +427,12 @@ class M2SConsumer(_ClientRing):
         if zero_copy:
             if self._held is None:
                 self._held = start
+        elif self.idx[self._tail_i] == self._cons:
+            self.refill()  # drained: post everything (the server may need the whole ring)
         else:
-            self.refill()
+            # more to read: post in batches (as DPDK does), not one slot per read; the
+            # next read, at the latest the one that drains the ring, posts the rest
+            self.refill(self._refill_batch)
 
     def read_burst(self, max_packets: int, out: MutableSequence[Any],
                    zero_copy: bool = False) -> int:
@@ -425,22 +445,39 @@ class M2SConsumer(_ClientRing):
         n = self.available()
         if not n:
             return 0
-        cons = self._cons
-        s = cons & self.mask
-        run = min(n, max_packets, self.size - s)
-        e16 = (s + run) * _W16
-        flags = self.d16[s * _W16 + _F16:e16:_W16].tolist()
-        if flags.count(0) == run:
-            lens = self.d32[s * _W32 + _L32:(s + run) * _W32:_W32].tolist()
-            if min(lens) > 0 and max(lens) <= self.bsize:
-                src = self.view if zero_copy else self.mm
+        start = cons = self._cons
+        src = self.view if zero_copy else self.mm
+        want = min(n, max_packets)
+        got = nbytes = 0
+        while got < want:  # at most two runs: before and after the ring wraps
+            s = cons & self.mask
+            run = min(want - got, self.size - s)
+            if run == 1:  # one packet: scalar loads are cheaper than strided ones
+                length = self.d32[s * _W32 + _L32]
+                if self.d16[s * _W16 + _F16] or not 0 < length <= self.bsize:
+                    break
+                o = self.slot_offsets[s]
+                out.append(src[o:o + length])
+                lens_sum = length
+            else:
+                flags = self.d16[s * _W16 + _F16:(s + run) * _W16:_W16].tolist()
+                if flags.count(0) != run:
+                    break
+                lens = self.d32[s * _W32 + _L32:(s + run) * _W32:_W32].tolist()
+                if min(lens) <= 0 or max(lens) > self.bsize:
+                    break
                 out.extend([src[o:o + m] for o, m in zip(self.slot_offsets[s:s + run], lens)])
-                self._cons = (cons + run) & 0xFFFF
-                st = self.stats
-                st.packets += run
-                st.bytes += sum(lens)
-                self._consumed(cons, zero_copy)
-                return run
+                lens_sum = sum(lens)
+            cons += run
+            got += run
+            nbytes += lens_sum
+        if got:
+            self._cons = cons & 0xFFFF
+            st = self.stats
+            st.packets += got
+            st.bytes += nbytes
+            self._consumed(start, zero_copy)
+            return got
         return self._read_slow(n, max_packets, out, zero_copy)
 
     def _read_slow(self, n: int, max_packets: int, out: MutableSequence[Any],
@@ -514,6 +551,10 @@ class S2MConsumer(_Ring):
         elif not self._held:
             self.idx[self._tail_i] = self._cur  # release the slots
 
+    def ready(self) -> bool:
+        """Cheap check (no validation): has the client published anything we have not read?"""
+        return self.idx[self._head_i] != self._cur
+
     def available(self) -> int:
         n = (self.idx[self._head_i] - self._cur) & 0xFFFF
         if n > self.size:
@@ -532,28 +573,50 @@ class S2MConsumer(_Ring):
         if not n:
             return 0
         cur = self._cur
-        s = cur & self.mask
-        run = min(n, max_packets, self.size - s)
-        d16 = self.d16
-        d32 = self.d32
-        e16 = (s + run) * _W16
-        e32 = (s + run) * _W32
-        flags = d16[s * _W16 + _F16:e16:_W16].tolist()
-        regs = d16[s * _W16 + _R16:e16:_W16].tolist()
-        g = regs[0]
-        if flags.count(0) == run and regs.count(g) == run and g < len(self.regions):
-            lens = d32[s * _W32 + _L32:e32:_W32].tolist()
-            offs = d32[s * _W32 + _O32:e32:_W32].tolist()
-            r = self.regions[g]
-            if min(lens) > 0 and max(map(add, offs, lens)) <= r.size:
+        regions = self.regions
+        nregions = len(regions)
+        want = min(n, max_packets)
+        got = nbytes = 0
+        while got < want:  # at most two runs: before and after the ring wraps
+            s = cur & self.mask
+            run = min(want - got, self.size - s)
+            if run == 1:  # one packet: scalar loads are cheaper than strided ones
+                flags, g, length, offset = self._desc(s)
+                if flags or g >= nregions or length <= 0:
+                    break
+                r = regions[g]
+                if offset + length > r.size:
+                    break
+                out.append((r.view if zero_copy else r.mm)[offset:offset + length])
+                lens_sum = length
+            else:
+                e16 = (s + run) * _W16
+                e32 = (s + run) * _W32
+                d16 = self.d16
+                d32 = self.d32
+                flags_l = d16[s * _W16 + _F16:e16:_W16].tolist()
+                regs = d16[s * _W16 + _R16:e16:_W16].tolist()
+                g = regs[0]
+                if flags_l.count(0) != run or regs.count(g) != run or g >= nregions:
+                    break
+                lens = d32[s * _W32 + _L32:e32:_W32].tolist()
+                offs = d32[s * _W32 + _O32:e32:_W32].tolist()
+                r = regions[g]
+                if min(lens) <= 0 or max(map(add, offs, lens)) > r.size:
+                    break
                 src = r.view if zero_copy else r.mm
                 out.extend([src[o:o + m] for o, m in zip(offs, lens)])
-                self._cur = (cur + run) & 0xFFFF
-                st = self.stats
-                st.packets += run
-                st.bytes += sum(lens)
-                self._consumed(zero_copy)
-                return run
+                lens_sum = sum(lens)
+            cur += run
+            got += run
+            nbytes += lens_sum
+        if got:
+            self._cur = cur & 0xFFFF
+            st = self.stats
+            st.packets += got
+            st.bytes += nbytes
+            self._consumed(zero_copy)
+            return got
         return self._read_slow(n, max_packets, out, zero_copy)
 
     def _segment(self, s: int, zero_copy: bool = False) -> tuple[int, Any]:
