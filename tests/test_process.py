@@ -318,27 +318,40 @@ async def test_secret_refused_our_slave(sock_path: str, no_leaks: None, our_secr
 # --- peer restarts ----------------------------------------------------------------------------
 
 
-@pytest.mark.both_loops
-async def test_master_process_restart_slave_reconnects(sock_path: str, no_leaks: None) -> None:
+@pytest.mark.parametrize("how", ["sigkill", "quit"])
+async def test_master_process_restart_slave_reconnects(sock_path: str, no_leaks: None,
+                                                       how: str) -> None:
     peers: list[Peer] = []
+    reasons: list[str] = []  # get_disconnect_reason() when each link went down
     try:
         peers.append(await Peer.start("master", sock_path, queues=2, loop=loop_name()))
         async with Socket(sock_path) as sock:
-            s = sock.new_interface(Arguments(id=0, is_master=False, reconnect_min_delay=0.05,
-                                             reconnect_max_delay=0.2,
-                                             memory_config=MemoryConfig(num_queue_pairs=2)))
+            s = sock.new_interface(Arguments(
+                id=0, is_master=False, reconnect_min_delay=0.05, reconnect_max_delay=0.2,
+                memory_config=MemoryConfig(num_queue_pairs=2),
+                disconnected_func=lambda i: reasons.append(i.get_disconnect_reason())))
             await s.wait_connected(10)
             await echo_round(s, 0, 100)
             await echo_round(s, 1, 100)
             rx = s.get_rx_queue(0)
             pending = asyncio.ensure_future(rx.read_packet())
             await asyncio.sleep(0.05)
-            os.kill(peers[0].pid, signal.SIGKILL)
-            with pytest.raises(Disconnected):
+            if how == "sigkill":
+                os.kill(peers[0].pid, signal.SIGKILL)
+            else:
+                assert await peers[0].quit() == 0
+            with pytest.raises(Disconnected) as ei:
                 await asyncio.wait_for(pending, 5)
             assert not s.is_connected()
+            assert ei.value.by_peer
+            assert reasons == [ei.value.reason]
+            if how == "quit":  # a clean DISCONNECT carries the master's reason
+                assert ei.value.reason == "interface deleted"
             await peers[0].kill()
-            assert os.path.exists(sock_path)  # a SIGKILLed master leaves its socket file
+            # a SIGKILLed master leaves its socket file behind, a clean one removes it
+            assert os.path.exists(sock_path) == (how == "sigkill")
+            await asyncio.sleep(0.3)  # the slave retries against a dead or missing socket
+            assert not s.is_connected()
             peers.append(await Peer.start("master", sock_path, queues=2, loop=loop_name()))
             await s.wait_connected(10)  # no request from us: the slave reconnects by itself
             await asyncio.gather(echo_round(s, 0, 100, sizes=(9000, 64)),
@@ -348,6 +361,52 @@ async def test_master_process_restart_slave_reconnects(sock_path: str, no_leaks:
     finally:
         for p in peers:
             await p.kill()
+
+
+async def test_one_of_four_slave_processes_dies(sock_path: str, no_leaks: None) -> None:
+    """Four slave processes on four interfaces of one master socket: killing one leaves the
+    others running; a second slave for a busy id is refused ("already connected") until the
+    first one dies, then takes over by itself."""
+    peers: list[Peer] = []
+    downs: list[int] = []
+    async with Socket(sock_path) as sock:
+        ms = [sock.new_interface(Arguments(id=i, is_master=True, name=f"m{i}",
+                                           disconnected_func=lambda m: downs.append(m.get_id())))
+              for i in range(4)]
+        try:
+            for i in range(4):
+                peers.append(await Peer.start("slave", sock_path, ids=(i,), loop=loop_name()))
+            await asyncio.gather(*(m.wait_connected(10) for m in ms))
+            spare = await Peer.start("slave", sock_path, ids=(0,), loop=loop_name())
+            peers.append(spare)
+
+            async def spare_reason() -> str:
+                return str((await spare.status())[0]["reason"])
+
+            deadline = time.monotonic() + 10
+            while await spare_reason() != "already connected":
+                assert time.monotonic() < deadline, await spare.status()
+                await asyncio.sleep(0.05)
+
+            os.kill(peers[1].pid, signal.SIGKILL)
+            await until(lambda: not ms[1].is_connected(), 5, "interface 1 to go down")
+            assert [m.is_connected() for m in ms] == [True, False, True, True]
+            await asyncio.gather(*(echo_round(m, 0, 200) for m in (ms[0], ms[2], ms[3])))
+            assert peers[0].pid in {int(e["pid"]) for e in peers[0].events
+                                    if e["event"] == "ready"}
+
+            os.kill(peers[0].pid, signal.SIGKILL)
+            # the master sees the link go down, and the spare slave, retrying, gets in
+            await spare.wait_event(lambda e: e["event"] == "connected")
+            assert downs == [1, 0]
+            await ms[0].wait_connected(10)
+            await echo_round(ms[0], 0, 200)
+            assert [m.is_connected() for m in ms] == [True, False, True, True]
+            for p in (peers[2], peers[3], spare):
+                assert await p.quit() == 0
+        finally:
+            for p in peers:
+                await p.kill()
 
 
 @pytest.mark.both_loops
