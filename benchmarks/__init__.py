@@ -1,0 +1,1 @@
+"""memif_aio benchmarks: ``python -m benchmarks --help``."""
