@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     for loop_name in loops:
         coro_factory = []
         if ns.peer in ("python", "both"):
-            coro_factory.append(lambda: python_scenarios(settings, loop_name, sizes, only))
+            coro_factory.append(lambda ln=loop_name: python_scenarios(settings, ln, sizes, only))
         if ns.peer in ("dpdk", "both"):
             from .dpdk import dpdk_scenarios
 
-            coro_factory.append(lambda: dpdk_scenarios(settings, loop_name, sizes, only))
+            coro_factory.append(lambda ln=loop_name: dpdk_scenarios(settings, ln, sizes, only))
         for make in coro_factory:
             if loop_name == "uvloop":
                 import uvloop

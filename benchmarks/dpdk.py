@@ -57,7 +57,7 @@ async def dpdk_scenarios(settings: Settings, loop_name: str, sizes: list[int],
                     sent0 = itf.get_tx_queue(0).stats().packets
                     vals = await measure_tx(itf, settings, tx_api, 64)
                     sent = itf.get_tx_queue(0).stats().packets - sent0
-                    st = await tp.wait_stats(lambda s: s.rx_packets >= sent, timeout=10)
+                    st = await tp.wait_stats(lambda s, n=sent: s.rx_packets >= n, timeout=10)
                 results.append(Result(f"tx-{tx_api}", "dpdk", loop_name, "Mpps",
                                       [v / 1e6 for v in vals],
                                       extra={"sent": sent, "testpmd_rx": st.rx_packets}))

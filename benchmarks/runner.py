@@ -96,7 +96,7 @@ class PythonPeer:
             if lines:
                 with contextlib.suppress(ValueError):
                     self.counts = json.loads(lines[-1])
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
 

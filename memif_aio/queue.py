@@ -155,7 +155,7 @@ class Queue:
         if self._dead is not None:
             return 0
         try:
-            return self._ring.read_burst(n, self._pending)  # type: ignore[union-attr, no-any-return]
+            return self._ring.read_burst(n, self._pending)  # type: ignore[union-attr]
         except ProtocolViolation as exc:
             self._violation(exc)
             return 0
