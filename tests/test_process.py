@@ -21,9 +21,17 @@ from typing import Any, Callable
 
 import pytest
 
-from memif_aio import Arguments, Disconnected, Interface, MemoryConfig, NotConnected, Socket
+from memif_aio import (
+    Arguments,
+    Disconnected,
+    Interface,
+    MemoryConfig,
+    NotConnected,
+    RxMode,
+    Socket,
+)
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.both_loops]
+pytestmark = pytest.mark.timeout(60)
 
 PEER = os.path.join(os.path.dirname(__file__), "peers", "peer.py")
 HDR = struct.Struct("<IHQ")  # interface id, queue id, sequence number
@@ -47,11 +55,12 @@ class Peer:
 
     @classmethod
     async def start(cls, role: str, path: str, *, ids: tuple[int, ...] = (0,), queues: int = 1,
-                    secret: str = "", loop: str = "asyncio") -> Peer:
+                    secret: str = "", loop: str = "asyncio", rx_mode: str = "interrupt") -> Peer:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, PEER, "--role", role, "--socket", path,
             "--ids", ",".join(map(str, ids)), "--queues", str(queues), "--secret", secret,
-            "--loop", loop, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            "--loop", loop, "--rx-mode", rx_mode,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         peer = cls(proc)
         try:
             await peer.wait_event(lambda e: e["event"] == "ready")
@@ -211,6 +220,37 @@ async def test_child_master_our_slave_4_queues(sock_path: str, no_leaks: None) -
     assert not os.path.exists(sock_path)
 
 
+# --- receive modes: interrupts (eventfds passed between the processes) and polling ----------
+
+
+@pytest.mark.parametrize("ours, theirs", [(RxMode.INTERRUPT, RxMode.POLLING),
+                                          (RxMode.POLLING, RxMode.INTERRUPT),
+                                          (RxMode.ADAPTIVE, RxMode.ADAPTIVE)])
+@pytest.mark.parametrize("our_role", ["master", "slave"])
+async def test_rx_modes_across_processes(sock_path: str, no_leaks: None, ours: RxMode,
+                                         theirs: RxMode, our_role: str) -> None:
+    """Each side's receive mode is its own business (the MASK_INT flag tells the sender
+    whether to signal); idle gaps make an adaptive side fall back to waiting on its eventfd,
+    and the next packet must still wake it."""
+    their_role = "slave" if our_role == "master" else "master"
+    peer = await Peer.start(their_role, sock_path, queues=2, rx_mode=theirs.value)
+    try:
+        async with Socket(sock_path) as sock:
+            itf = sock.new_interface(Arguments(
+                id=0, is_master=our_role == "master", rx_mode=ours,
+                memory_config=MemoryConfig(num_queue_pairs=2, log2_ring_size=5)))
+            await itf.wait_connected(10)
+            for k in range(3):
+                await asyncio.gather(echo_round(itf, 0, 100, start=100 * k),
+                                     echo_round(itf, 1, 100, sizes=(9000, 100), start=100 * k))
+                await asyncio.sleep(0.05)  # idle
+            if ours is RxMode.INTERRUPT:  # the other process woke us through the eventfd
+                assert itf.get_rx_queue(0).stats().interrupts > 0
+        assert await peer.quit() == 0
+    finally:
+        await peer.kill()
+
+
 # --- several interfaces on one socket -----------------------------------------------------
 
 
@@ -319,6 +359,7 @@ async def test_secret_refused_our_slave(sock_path: str, no_leaks: None, our_secr
 
 
 @pytest.mark.parametrize("how", ["sigkill", "quit"])
+@pytest.mark.both_loops
 async def test_master_process_restart_slave_reconnects(sock_path: str, no_leaks: None,
                                                        how: str) -> None:
     peers: list[Peer] = []
@@ -363,6 +404,7 @@ async def test_master_process_restart_slave_reconnects(sock_path: str, no_leaks:
             await p.kill()
 
 
+@pytest.mark.both_loops
 async def test_one_of_four_slave_processes_dies(sock_path: str, no_leaks: None) -> None:
     """Four slave processes on four interfaces of one master socket: killing one leaves the
     others running; a second slave for a busy id is refused ("already connected") until the

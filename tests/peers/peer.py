@@ -2,6 +2,7 @@
 
     python tests/peers/peer.py --role master|slave --socket PATH [--ids 0,1] [--queues N]
                                [--secret S] [--loop asyncio|uvloop] [--reconnect-delay S]
+                               [--rx-mode interrupt|polling|adaptive]
 
 It creates one memif Socket with one interface per id (all of ``--role``) and
 echoes every packet it receives on rx queue ``q`` back on tx queue ``q`` of the
@@ -29,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])  # run from a checkout without install
 
-from memif_aio import Arguments, Disconnected, Interface, MemoryConfig, Socket
+from memif_aio import Arguments, Disconnected, Interface, MemoryConfig, RxMode, Socket
 
 
 def emit(**obj: Any) -> None:
@@ -66,7 +67,7 @@ async def main(ns: argparse.Namespace) -> int:
         itfs = [sock.new_interface(Arguments(
             id=i, is_master=ns.role == "master", name=f"peer-{ns.role}-{i}", secret=ns.secret,
             memory_config=MemoryConfig(num_queue_pairs=ns.queues),
-            connected_func=connected, disconnected_func=disconnected,
+            connected_func=connected, disconnected_func=disconnected, rx_mode=RxMode(ns.rx_mode),
             reconnect_min_delay=ns.reconnect_delay, reconnect_max_delay=ns.reconnect_delay))
             for i in ns.ids]
         emit(event="ready", pid=__import__("os").getpid())
@@ -99,6 +100,7 @@ def run() -> int:
     p.add_argument("--secret", default="")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--reconnect-delay", type=float, default=0.1)
+    p.add_argument("--rx-mode", choices=[m.value for m in RxMode], default="interrupt")
     ns = p.parse_args()
     try:  # die with the parent (PR_SET_PDEATHSIG)
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
