@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "both ways on every queue pair for --duration seconds, verify every byte "
                     "(order, content, no loss, no duplicates) and print packets, packets per "
                     "second and bits per second per direction. Exit status 0 only when "
-                    "everything was verified.")
+                    "everything was verified.",
+        epilog="Exit status: 0 everything verified, 1 FAILED, 2 bad arguments, 3 the watchdog "
+               "ended a stuck run, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). The "
+               "child process and the temporary directory are removed in every case.")
     _traffic_options(demo, hidden=False)
     demo.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                       help="give up (FAILED) after this long; a watchdog ends the process 5 s "
