@@ -662,6 +662,14 @@ class S2MConsumer(_Ring):
             else:
                 bad += 1
         if cur != self._cur:
+            # Clear the flags of what we consumed before giving the slots back.  Not asked by
+            # the protocol, but DPDK's transmitter (22.11 and later) never clears the NEXT bit
+            # of a packet's first descriptor, so a slot that once held a chain segment would
+            # glue a later single-slot packet to the next one.  The slots are still ours (tail
+            # has not moved) and every producer rewrites the other fields, so this is safe.
+            d16 = self.d16
+            for c in range(self._cur, self._cur + ((cur - self._cur) & 0xFFFF)):
+                d16[(c & mask) * _W16 + _F16] = 0
             self._cur = cur & 0xFFFF
             self._consumed(zero_copy)
             st = self.stats
@@ -710,29 +718,40 @@ class M2SProducer(_Ring):
         if total <= 0 or not free:
             return 0
         tail = self._tail
-        s = tail & self.mask
-        k = min(free, total, self.size - s)
-        batch = packets[start:start + k] if (start or k < len(packets)) else packets
-        lens = list(map(len, batch))
         d16 = self.d16
         d32 = self.d32
-        e16 = (s + k) * _W16
-        e32 = (s + k) * _W32
-        regs = d16[s * _W16 + _R16:e16:_W16].tolist()
-        g = regs[0]
-        if regs.count(g) == k and g < len(self.regions) and min(lens) > 0:
+        done = nbytes = 0
+        while done < total and free:  # at most two runs: before and after the ring wraps
+            s = tail & self.mask
+            k = min(free, total - done, self.size - s)
+            first = start + done
+            batch = packets[first:first + k] if (first or k < len(packets)) else packets
+            lens = list(map(len, batch))
+            e16 = (s + k) * _W16
+            e32 = (s + k) * _W32
+            regs = d16[s * _W16 + _R16:e16:_W16].tolist()
+            g = regs[0]
+            if regs.count(g) != k or g >= len(self.regions) or min(lens) <= 0:
+                break
             caps = d32[s * _W32 + _L32:e32:_W32].tolist()
             offs = d32[s * _W32 + _O32:e32:_W32].tolist()
             r = self.regions[g]
-            if all(map(int.__le__, lens, caps)) and max(map(add, offs, lens)) <= r.size:
-                mm = r.mm
-                for p, o, m in zip(batch, offs, lens):
-                    mm[o:o + m] = p
-                d16[s * _W16 + _F16:e16:_W16] = self._zeros16[:k]
-                d32[s * _W32 + _L32:e32:_W32] = memoryview(array.array("I", lens))
-                self._publish(tail + k, k, sum(lens))
-                return k
-        return self._write_slow(packets, start, free)
+            if not all(map(int.__le__, lens, caps)) or max(map(add, offs, lens)) > r.size:
+                break
+            mm = r.mm
+            for p, o, m in zip(batch, offs, lens):
+                mm[o:o + m] = p
+            d16[s * _W16 + _F16:e16:_W16] = self._zeros16[:k]
+            d32[s * _W32 + _L32:e32:_W32] = memoryview(array.array("I", lens))
+            tail += k
+            free -= k
+            done += k
+            nbytes += sum(lens)
+        if done:
+            self._publish(tail, done, nbytes)
+        if done < total and free:  # chains, or descriptors the fast path would not trust
+            done += self._write_slow(packets, start + done, free)
+        return done
 
     def write_one(self, pkt: Any) -> bool:
         """Fill one posted buffer if there is one: the per-packet fast path of ``write_burst``."""
