@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket as _socket
@@ -23,7 +24,7 @@ from .protocol import (
     ServerHandshake,
     Session,
 )
-from .queue import Queue, QueueStats
+from .queue import Queue, QueueStats, Tap
 from .transport import SeqpacketTransport
 from .wire import to_text
 
@@ -156,6 +157,8 @@ class Interface:
         self._peer_name = ""
         self._remote_name = ""
         self._last_reason = ""
+        self._last_refusal = ""
+        self._connect_error = ""
         self._last_by_peer = False
         self._deleted = False
         self._paused = False
@@ -167,6 +170,7 @@ class Interface:
         self._callback_tasks: set[asyncio.Task[Any]] = set()
         self._connections = 0
         self._subscribers: list[asyncio.Queue[LinkEvent | None]] = []
+        self._taps: list[Tap] = []  # shared with every queue of every connection
 
     # --- gomemif surface --------------------------------------------------------------
     def get_id(self) -> int:
@@ -206,8 +210,16 @@ class Interface:
         return self._channel is not None and self._session is None
 
     def get_disconnect_reason(self) -> str:
-        """Why the last connection ended or the last attempt failed ('' if none yet)."""
+        """Why the last connection ended, or the last handshake was refused ('' if none yet).
+
+        This is the peer's DISCONNECT string when it sent one.  A failed ``connect()``
+        (socket missing, nobody listening) does not overwrite it: see
+        :meth:`get_connect_error`."""
         return self._last_reason
+
+    def get_connect_error(self) -> str:
+        """Why the last attempt to reach the socket failed ('' after a successful connect)."""
+        return self._connect_error
 
     def get_rx_queue(self, qid: int) -> Queue:
         """Receive queue ``qid`` of the current connection."""
@@ -252,6 +264,18 @@ class Interface:
         finally:
             self._subscribers.remove(q)
 
+    def add_tap(self, tap: Tap) -> None:
+        """Call ``tap(qid, is_rx, packets)`` with every packet this interface receives
+        (as it leaves the ring) or sends (as it is published), on every queue, across
+        reconnects.  Taps run on the data path: keep them quick.  A tap that raises is
+        logged and removed.  Used by packet capture."""
+        if tap not in self._taps:
+            self._taps.append(tap)
+
+    def remove_tap(self, tap: Tap) -> None:
+        with contextlib.suppress(ValueError):
+            self._taps.remove(tap)
+
     def _publish(self, ev: LinkEvent | None) -> None:
         for q in self._subscribers:
             q.put_nowait(ev)
@@ -280,7 +304,8 @@ class Interface:
         try:
             await asyncio.wait_for(ev.wait(), timeout)
         except TimeoutError:
-            why = f" (last: {self._last_reason})" if self._last_reason else ""
+            why = "; ".join(x for x in (self._last_reason, self._connect_error) if x)
+            why = f" (last: {why})" if why else ""
             raise TimeoutError(f"interface {self.get_id()} did not connect in {timeout} s{why}") \
                 from None
         if self._deleted:
@@ -430,11 +455,12 @@ class Interface:
         except OSError as exc:
             sock.close()
             reason = f"connect to {self._socket.get_filename()}: {exc.strerror or exc}"
-            if reason != self._last_reason:
+            if reason != self._connect_error:
                 log.info("interface %d: %s (retrying)", self.get_id(), reason)
-            self._last_reason = reason
+            self._connect_error = reason
             self._finish_attempt(reason)
             return False
+        self._connect_error = ""
         self._finish_attempt(None)
         args = self._args
         mc = args.memory_config
@@ -471,10 +497,10 @@ class Interface:
         object.__setattr__(mc, "log2_ring_size", session.log2_ring_size)
         object.__setattr__(mc, "packet_buffer_size", session.buffer_size)
         self._memory = mc
-        self._rxq = [Queue(self, i, ring, session.rx_eventfds[i], True, args.rx_mode)
-                     for i, ring in enumerate(session.rx)]
+        self._rxq = [Queue(self, i, ring, session.rx_eventfds[i], True, args.rx_mode,
+                           taps=self._taps) for i, ring in enumerate(session.rx)]
         self._txq = [Queue(self, i, ring, session.tx_eventfds[i], False, args.rx_mode,
-                           args.tx_timeout) for i, ring in enumerate(session.tx)]
+                           args.tx_timeout, taps=self._taps) for i, ring in enumerate(session.tx)]
         if not session.is_master:
             for ring in session.rx:
                 ring.refill()  # type: ignore[union-attr]  # post M2S buffers only now (§7.9)
@@ -506,9 +532,10 @@ class Interface:
                 self._connected.clear()
             log.info("interface %d disconnected (%s: %s)", self.get_id(),
                      "peer" if by_peer else "local", reason)
-        else:
+        elif reason != self._last_refusal:
             log.warning("interface %d: connection refused or failed during handshake (%s: %s)",
                         self.get_id(), "peer" if by_peer else "local", reason)
+        self._last_refusal = "" if was_up else reason
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(was_up)
         if was_up:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Sequence, Union
 
 from .config import RxMode
 from .errors import Disconnected, ProtocolViolation, WouldBlock
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from .interface import Interface
 
 RxRing = Union[S2MConsumer, M2SConsumer]
+#: ``tap(qid, is_rx, packets)``: sees every packet received or sent (see Interface.add_tap)
+Tap = Callable[[int, bool, Sequence[bytes]], None]
+log = logging.getLogger("memif_aio")
 TxRing = Union[S2MProducer, M2SProducer]
 
 #: packets pulled from the ring per refill of the local queue
@@ -58,7 +62,8 @@ class Queue:
 
     def __init__(self, interface: Interface, qid: int, ring: Union[RxRing, TxRing],
                  eventfd: int, is_rx: bool, rx_mode: RxMode,
-                 tx_timeout: float | None = None) -> None:
+                 tx_timeout: float | None = None,
+                 taps: list[Tap] | None = None) -> None:
         self._itf = interface
         self._qid = qid
         self._ring = ring
@@ -74,6 +79,7 @@ class Queue:
         self._reading = False
         self._signals = 0
         self._signal_pending = False
+        self._taps: list[Tap] = taps if taps is not None else []
         self._leased: list[Any] | None = None
         self._reserved: Reservation | None = None
         if is_rx:
@@ -155,10 +161,29 @@ class Queue:
         if self._dead is not None:
             return 0
         try:
+            if self._taps:
+                got: list[bytes] = []
+                k: int = self._ring.read_burst(n, got)  # type: ignore[union-attr]
+                self._pending.extend(got)
+                self._tap(got, True)
+                return k
             return self._ring.read_burst(n, self._pending)  # type: ignore[union-attr]
         except ProtocolViolation as exc:
             self._violation(exc)
             return 0
+
+    def _tap(self, packets: Sequence[Any], is_rx: bool) -> None:
+        """Show packets to the interface's taps (capture); a failing tap is dropped."""
+        if not packets:
+            return
+        pkts = [p if isinstance(p, bytes) else bytes(p) for p in packets]
+        for tap in list(self._taps):
+            try:
+                tap(self._qid, is_rx, pkts)
+            except Exception:
+                log.exception("tap %r failed; removing it", tap)
+                with contextlib.suppress(ValueError):
+                    self._taps.remove(tap)
 
     def _spin(self) -> bool:
         """Busy-poll the ring for up to ``_SPIN_NS`` without yielding (polling modes).
@@ -248,6 +273,8 @@ class Queue:
                     ring.read_burst(max_packets, out)  # type: ignore[union-attr]
                 except ProtocolViolation as exc:
                     self._violation(exc)
+                if self._taps:
+                    self._tap(out, True)
             if not out:
                 self._raise_dead()
             return out
@@ -299,6 +326,8 @@ class Queue:
                 try:
                     if self._ring.read_burst(max_packets, views,  # type: ignore[union-attr]
                                              zero_copy=True):
+                        if self._taps:
+                            self._tap(views, True)
                         break
                 except ProtocolViolation as exc:
                     self._violation(exc)
@@ -346,6 +375,8 @@ class Queue:
         if n and not self._signal_pending and self._ring.peer_wants_interrupt():
             self._signal_pending = True
             self._loop.call_soon(self._signal)
+        if n and self._taps:
+            self._tap(packets[start:start + n], False)
         return n
 
     def _write_one(self, data: bytes) -> bool:
@@ -360,6 +391,8 @@ class Queue:
         if ok and not self._signal_pending and self._ring.peer_wants_interrupt():
             self._signal_pending = True
             self._loop.call_soon(self._signal)
+        if ok and self._taps:
+            self._tap((data,), False)
         return ok
 
     def _signal(self) -> None:
@@ -411,6 +444,8 @@ class Queue:
             ok = True
         finally:
             self._reserved = None
+            copies = [bytes(v[:n]) for v, n in zip(views, res.lengths)] \
+                if ok and self._taps and self._dead is None else []
             for v in views:
                 v.release()
             if ok:
@@ -420,7 +455,9 @@ class Queue:
                     raise ValueError(f"lengths must be {count} values within 1..{size}")
                 self._raise_dead()
                 self._ring.commit(lengths)  # type: ignore[union-attr]
-                if not self._signal_pending:
+                if copies:
+                    self._tap(copies, False)
+                if not self._signal_pending and self._ring.peer_wants_interrupt():
                     self._signal_pending = True
                     self._loop.call_soon(self._signal)
 

@@ -426,3 +426,48 @@ async def test_stats_and_events(sock_path: str, no_leaks: None) -> None:
         await m.delete()
         await asyncio.wait_for(watcher, T)  # ends when the interface is deleted
         assert seen == [("up", ""), ("down", "interface disconnected")]
+
+
+async def test_taps_see_every_packet_both_ways(sock_path: str, no_leaks: None) -> None:
+    async with pair(sock_path) as (_sock, m, s):
+        seen: list[tuple[int, bool, bytes]] = []
+        m.add_tap(lambda qid, is_rx, pkts: seen.extend((qid, is_rx, p) for p in pkts))
+        broken_calls = []
+
+        def broken(qid: int, is_rx: bool, pkts: object) -> None:
+            broken_calls.append(1)
+            raise RuntimeError("tap bug")
+
+        m.add_tap(broken)  # a failing tap is removed; traffic is unaffected
+        await exchange(s, m, 0, [b"a", b"bb"])
+        await exchange(m, s, 0, [b"ccc", b"d" * 5000])
+        async with m.get_tx_queue(0).reserve(1, 10) as bufs:
+            bufs[0][:] = b"0123456789"
+        await s.get_rx_queue(0).read_packet()
+        await s.get_tx_queue(0).write_packet(b"leased")
+        async with m.get_rx_queue(0).lease() as views:
+            assert bytes(views[0]) == b"leased"
+        assert seen == [(0, True, b"a"), (0, True, b"bb"), (0, False, b"ccc"),
+                        (0, False, b"d" * 5000), (0, False, b"0123456789"),
+                        (0, True, b"leased")]
+        assert broken_calls == [1]
+
+
+async def test_connect_error_does_not_hide_the_peer_reason(sock_dir: str,
+                                                           no_leaks: None) -> None:
+    path = os.path.join(sock_dir, "gone.sock")
+    async with Socket(path) as slave_sock:
+        s = slave_sock.new_interface(Arguments(id=1, is_master=False, reconnect_min_delay=0.02,
+                                               reconnect_max_delay=0.05))
+        with pytest.raises(TimeoutError, match="No such file"):
+            await s.wait_connected(0.2)
+        assert "No such file" in s.get_connect_error() and s.get_disconnect_reason() == ""
+        async with Socket(path) as master_sock:
+            master_sock.new_interface(Arguments(id=1, is_master=True, secret=b"k"))
+            for _ in range(100):
+                if s.get_disconnect_reason():
+                    break
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # more failed connects: the peer's reason stays
+        assert s.get_disconnect_reason() == "secret required"
+        assert "No such file" in s.get_connect_error()
