@@ -104,7 +104,10 @@ class Socket:
         (for example one passed by a service manager).  The socket takes the fd."""
         if self._listener is not None:
             raise MemifError("this socket already has a listener")
-        sock = _socket.socket(fileno=fd)
+        try:
+            sock = _socket.socket(fileno=fd)
+        except OSError:
+            raise ValueError(f"add_listener: fd {fd} is not a socket") from None
         if sock.family != _socket.AF_UNIX or sock.type != _socket.SOCK_SEQPACKET or \
                 not sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN):
             sock.detach()

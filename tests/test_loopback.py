@@ -471,3 +471,45 @@ async def test_connect_error_does_not_hide_the_peer_reason(sock_dir: str,
         await asyncio.sleep(0.2)  # more failed connects: the peer's reason stays
         assert s.get_disconnect_reason() == "secret required"
         assert "No such file" in s.get_connect_error()
+
+
+async def test_add_listener_serves_masters_on_a_given_socket(sock_dir: str,
+                                                            no_leaks: None) -> None:
+    import socket as pysocket
+
+    path = os.path.join(sock_dir, "activated.sock")
+    listener = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(8)
+    master_sock = Socket(path)
+    m = master_sock.new_interface(Arguments(id=3, is_master=True))
+    master_sock.add_listener(listener.detach())  # as a service manager would pass it
+    with pytest.raises(Exception, match="already has a listener"):
+        master_sock.add_listener(0)
+    await master_sock.start_polling()
+    try:
+        async with Socket(path) as slave_sock:
+            s = slave_sock.new_interface(Arguments(id=3, is_master=False))
+            await asyncio.wait_for(asyncio.gather(m.wait_connected(), s.wait_connected()), T)
+            assert m.get_socket() is master_sock and master_sock.get_filename() == path
+            await exchange(s, m, 0, [b"activated"])
+    finally:
+        await master_sock.delete()
+    assert os.path.exists(path), "a listener we did not create is not ours to remove"
+    os.unlink(path)
+    not_a_socket = os.open(sock_dir, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="not a socket"):
+            Socket(path).add_listener(not_a_socket)
+    finally:
+        os.close(not_a_socket)  # refused fds stay the caller's
+
+
+async def test_stop_and_restart_polling(sock_path: str, no_leaks: None) -> None:
+    async with pair(sock_path) as (sock, m, s):
+        await sock.stop_polling()
+        assert not m.is_connected() and not s.is_connected()
+        assert not os.path.exists(sock_path)
+        await sock.start_polling()
+        await asyncio.wait_for(asyncio.gather(m.wait_connected(), s.wait_connected()), T)
+        await exchange(s, m, 0, [b"resumed"])
