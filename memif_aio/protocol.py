@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Union
 
@@ -368,6 +369,9 @@ class ServerHandshake(_Machine):
         self._pending_fd = None
         if not is_eventfd(fd):
             raise ProtocolViolation("ring interrupt fd is not an eventfd")
+        # Every reference client creates it with EFD_NONBLOCK (§2.5); a blocking one would
+        # hang the event loop on a saturated counter, so make sure (the flag is shared).
+        os.set_blocking(fd, False)
         if msg.private_hdr_size:
             raise ProtocolViolation("private headers not supported")
         rtype = msg.ring_type

@@ -77,8 +77,28 @@ class SeqpacketTransport(asyncio.Transport):
             self._loop.remove_writer(self._fileno)
             self._writing = False
         self._flush(final=True)
+        self._drain()
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def _drain(self) -> None:
+        """Discard what the peer sent that we will never read (bounded; fds closed).
+
+        Closing a socket with unread datagrams makes the peer's next ``recv`` fail
+        with ECONNRESET before it reaches our last message, so a peer that pipelines
+        or floods would lose the DISCONNECT reason we just queued.
+        """
+        for _ in range(1024):
+            try:
+                data, anc, _flags, _addr = self._sock.recvmsg(MSG_SIZE, ANCBUF)
+            except OSError:
+                return
+            for level, ctype, cdata in anc:
+                if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+                    usable = len(cdata) - len(cdata) % _FDSIZE
+                    close_fds(list(array.array("i", cdata[:usable])))
+            if not data and not anc:
+                return
 
     def abort(self) -> None:
         self._outq.clear()
