@@ -255,7 +255,8 @@ class Peer:
             self.log2 if log2 is None else log2, private_hdr_size).encode()
 
     def feed_all_rings(self, srv: ServerHandshake) -> None:
-        for rtype, count in ((RingType.S2M, self.layout.num_s2m), (RingType.M2S, self.layout.num_m2s)):
+        lay = self.layout
+        for rtype, count in ((RingType.S2M, lay.num_s2m), (RingType.M2S, lay.num_m2s)):
             for i in range(count):
                 assert decoded(srv.receive(self.add_ring(rtype, i), [new_efd()])) == [MsgAck()]
 
@@ -761,8 +762,9 @@ def test_adjacent_rings_do_not_overlap() -> None:
         srv = make_server()
         p.up_to_config(srv)
         s = p.layout.ring_stride
-        assert decoded(srv.receive(p.add_ring(RingType.S2M, 0, offset=s), [new_efd()])) == [MsgAck()]
-        assert decoded(srv.receive(p.add_ring(RingType.S2M, 1, offset=0), [new_efd()])) == [MsgAck()]
+        for index, offset in ((0, s), (1, 0)):
+            outs = srv.receive(p.add_ring(RingType.S2M, index, offset=offset), [new_efd()])
+            assert decoded(outs) == [MsgAck()]
         srv.close("done")
 
 
@@ -950,7 +952,8 @@ def test_server_accepts_several_regions_and_rings_in_region_1() -> None:
         srv = make_server()
         p.up_to_config(srv)
         assert decoded(srv.receive(q.add_region(index=1), q.region_fd())) == [MsgAck()]
-        assert decoded(srv.receive(q.add_ring(RingType.S2M, 0, region=1), [new_efd()])) == [MsgAck()]
+        outs = srv.receive(q.add_ring(RingType.S2M, 0, region=1), [new_efd()])
+        assert decoded(outs) == [MsgAck()]
         assert decoded(srv.receive(p.add_ring(RingType.M2S, 0), [new_efd()])) == [MsgAck()]
         outs = srv.receive(MsgConnect().encode())
         session = outs[0].session  # type: ignore[attr-defined]
