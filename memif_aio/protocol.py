@@ -26,7 +26,6 @@ from typing import Callable, Optional, Protocol, Union
 from .errors import ProtocolViolation
 from .memory import ClientLayout, Region, close_fds, is_eventfd, new_eventfd
 from .ring import (
-    _Ring,
     M2SConsumer,
     M2SProducer,
     S2MConsumer,
@@ -121,7 +120,7 @@ class Session:
             return
         self.closed = True
         for ring in (*self.rx, *self.tx):
-            _drop_views(ring)
+            ring.release()
         for region in self.regions:
             region.close()
         close_fds(self.rx_eventfds)
@@ -215,16 +214,6 @@ class _Machine:
             close_fds(self._held_fds)
         self._regions = []
         return [Closed(reason, by_peer)]
-
-
-def _drop_views(ring: _Ring) -> None:
-    """Release a ring's views into shared memory so its region can be unmapped.
-
-    Called through the base class on purpose: the consumer classes override
-    ``release()`` to end a zero-copy lease, which drops no view (and would
-    repost buffers into a dead session).
-    """
-    _Ring.release(ring)
 
 
 def _type_name(t: int) -> str:
@@ -402,7 +391,7 @@ class ServerHandshake(_Machine):
                 out.append(ring)  # type: ignore[attr-defined]
                 if not ring.cookie_ok():
                     for r in (*rx, *tx):
-                        _drop_views(r)
+                        r.release()
                     kind = "rx" if cls is S2MConsumer else "tx"
                     raise ProtocolViolation(f"wrong cookie on {kind} ring {m.index}")
         try:
@@ -410,7 +399,7 @@ class ServerHandshake(_Machine):
                 validate_initial_indices(ring)
         except ProtocolViolation:
             for r in (*rx, *tx):
-                _drop_views(r)
+                r.release()
             raise
         first = s2m[0][0]
         # Every client initialises S2M descriptors with length = its buffer size (§6.5).
