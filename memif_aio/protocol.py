@@ -388,15 +388,15 @@ class ServerHandshake(_Machine):
         for ring_msgs, cls, out in ((s2m, S2MConsumer, rx), (m2s, M2SProducer, tx)):
             for m, _fd in ring_msgs:
                 ring = cls(self._regions, m.region, m.offset, m.log2_ring_size, self.layout)
-                out.append(ring)  # type: ignore[attr-defined]
+                out.append(ring)  # type: ignore[arg-type]
                 if not ring.cookie_ok():
                     for r in (*rx, *tx):
                         r.release()
                     kind = "rx" if cls is S2MConsumer else "tx"
                     raise ProtocolViolation(f"wrong cookie on {kind} ring {m.index}")
         try:
-            for ring in (*rx, *tx):
-                validate_initial_indices(ring)
+            for r in (*rx, *tx):
+                validate_initial_indices(r)
         except ProtocolViolation:
             for r in (*rx, *tx):
                 r.release()
@@ -544,7 +544,7 @@ class ClientHandshake(_Machine):
                 offsets = [layout.buffer_offset(rtype, i, j) for j in range(R)]
                 ring = cls(regions, 0, layout.ring_offset(rtype, i), layout.log2_ring_size,
                            self.ring_layout, offsets, layout.buffer_size)
-                out.append(ring)  # type: ignore[attr-defined]
+                out.append(ring)  # type: ignore[arg-type]
         session = Session(
             is_master=False, regions=regions, rx=list(rx), tx=list(tx),
             rx_eventfds=list(self._m2s_fds), tx_eventfds=list(self._s2m_fds),
