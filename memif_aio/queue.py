@@ -12,11 +12,11 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Sequence, Union
 
+from . import eventfd
 from .config import RxMode
 from .errors import Disconnected, ProtocolViolation, WouldBlock
 from .ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer
@@ -79,6 +79,7 @@ class Queue:
         self._reading = False
         self._signals = 0
         self._signal_pending = False
+        self._evbuf = bytearray(8)
         self._taps: list[Tap] = taps if taps is not None else []
         self._leased: list[Any] | None = None
         self._reserved: Reservation | None = None
@@ -148,9 +149,10 @@ class Queue:
     # --- receive -------------------------------------------------------------------
     def _on_interrupt(self) -> None:
         try:
-            os.read(self._efd, 8)
-        except OSError:
-            pass
+            eventfd.drain(self._efd, self._evbuf)
+        except eventfd.StuckEventfd as exc:
+            self._itf._protocol_violation(exc.strerror or "interrupt eventfd made blocking")
+            return
         self._ring.stats.interrupts += 1
         for w in self._waiters:
             if not w.done():
@@ -405,9 +407,11 @@ class Queue:
         self._signal_pending = False
         if self._dead is None and self._ring.peer_wants_interrupt():
             try:
-                os.eventfd_write(self._efd, 1)
+                eventfd.signal(self._efd)
                 self._signals += 1
-            except OSError:  # saturated counter or closed fd: the peer polls or is gone
+            except eventfd.StuckEventfd as exc:
+                self._itf._protocol_violation(exc.strerror or "interrupt eventfd made blocking")
+            except OSError:  # closed fd: the peer is gone
                 pass
 
     @contextlib.asynccontextmanager

@@ -54,6 +54,14 @@ assert DESC_LENGTH_OFF % 4 == 0 and DESC_OFFSET_OFF % 4 == 0
 
 Packets = Sequence[Any]  # bytes-like objects
 
+#: Largest descriptor length accepted from a peer (§10.2, §12.7): buffer sizes are u16 in the C
+#: peers and VPP reads lengths through a u16.
+MAX_DESC_LENGTH = 65535
+#: Largest packet memif_aio writes or reassembles from a chain.  Bounds what a peer can make us
+#: allocate (a chain may name the same large region in every slot); 64 KiB IP packets and
+#: 9216-byte jumbo frames fit with room to spare.
+MAX_PACKET_SIZE = 1 << 20
+
 
 @dataclass
 class RingStats:
@@ -332,6 +340,9 @@ class S2MProducer(_ClientRing):
             length = len(pkt)
             if not length:
                 raise ValueError("cannot send an empty packet")
+            if length > MAX_PACKET_SIZE:
+                raise PacketTooLarge(f"packet of {length} bytes exceeds MAX_PACKET_SIZE "
+                                     f"({MAX_PACKET_SIZE})")
             need = -(-length // bsize)
             if need > self.size:
                 raise PacketTooLarge(f"packet of {length} bytes needs {need} buffers of {bsize}; "
@@ -366,7 +377,7 @@ class M2SConsumer(_ClientRing):
     memory: the private shadow says where our buffer is (§12.7).
     """
 
-    __slots__ = ("_head", "_cons", "_held", "_refill_batch")
+    __slots__ = ("_cons", "_head", "_held", "_refill_batch")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -493,16 +504,18 @@ class M2SConsumer(_ClientRing):
             parts = []
             ok = True
             c = cons
-            flags = 0
+            flags = total = 0
             while c < end:
                 s = c & mask
                 flags, _r, length, _o = self._desc(s)
                 c += 1
-                if ok and 0 < length <= bsize:
+                total += length
+                if ok and 0 < length <= bsize and total <= MAX_PACKET_SIZE:
                     o = offs[s]
                     parts.append(mm[o:o + length])
                 else:
                     ok = False
+                    parts = []
                 if not flags & DESC_FLAG_NEXT:
                     break
             if flags & DESC_FLAG_NEXT:
@@ -582,7 +595,7 @@ class S2MConsumer(_Ring):
             run = min(want - got, self.size - s)
             if run == 1:  # one packet: scalar loads are cheaper than strided ones
                 flags, g, length, offset = self._desc(s)
-                if flags or g >= nregions or length <= 0:
+                if flags or g >= nregions or not 0 < length <= MAX_DESC_LENGTH:
                     break
                 r = regions[g]
                 if offset + length > r.size:
@@ -602,7 +615,8 @@ class S2MConsumer(_Ring):
                 lens = d32[s * _W32 + _L32:e32:_W32].tolist()
                 offs = d32[s * _W32 + _O32:e32:_W32].tolist()
                 r = regions[g]
-                if min(lens) <= 0 or max(map(add, offs, lens)) > r.size:
+                if min(lens) <= 0 or max(lens) > MAX_DESC_LENGTH or \
+                        max(map(add, offs, lens)) > r.size:
                     break
                 src = r.view if zero_copy else r.mm
                 out.extend([src[o:o + m] for o, m in zip(offs, lens)])
@@ -623,7 +637,7 @@ class S2MConsumer(_Ring):
         """Read descriptor ``s`` once; return ``(flags, data or None if invalid)``."""
         flags, region, length, offset = self._desc(s)
         regions = self.regions
-        if region < len(regions) and 0 < length:
+        if region < len(regions) and 0 < length <= MAX_DESC_LENGTH:
             r = regions[region]
             if offset + length <= r.size:
                 return flags, (r.view if zero_copy else r.mm)[offset:offset + length]
@@ -639,14 +653,19 @@ class S2MConsumer(_Ring):
             parts: list[bytes] = []
             ok = True
             c = cur
-            flags = 0
+            flags = total = 0
             while c < end:
                 flags, data = self._segment(c & mask, zero_copy)
                 c += 1
                 if data is None:
                     ok = False
                 elif ok:
-                    parts.append(data)
+                    total += len(data)
+                    if total > MAX_PACKET_SIZE:  # drop it, and stop buffering it
+                        ok = False
+                        parts = []
+                    else:
+                        parts.append(data)
                 if not flags & DESC_FLAG_NEXT:
                     break
             if flags & DESC_FLAG_NEXT:
@@ -831,6 +850,9 @@ class M2SProducer(_Ring):
             pkt = packets[i]
             if not len(pkt):
                 raise ValueError("cannot send an empty packet")
+            if len(pkt) > MAX_PACKET_SIZE:
+                raise PacketTooLarge(f"packet of {len(pkt)} bytes exceeds MAX_PACKET_SIZE "
+                                     f"({MAX_PACKET_SIZE})")
             used = self._write_chain(pkt, tail, free)
             if not used:
                 break
@@ -877,6 +899,8 @@ def validate_initial_indices(ring: _Ring) -> None:
 
 
 __all__ = [
+    "MAX_DESC_LENGTH",
+    "MAX_PACKET_SIZE",
     "M2SConsumer",
     "M2SProducer",
     "RingStats",
