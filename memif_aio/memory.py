@@ -56,8 +56,12 @@ class Region:
 
         Raises :class:`ProtocolViolation` with a reason when the fd is not a
         regular file, is smaller than ``size``, or (``require_seal``) could be
-        shrunk under our mapping, which would kill us with SIGBUS.  The fd is
-        not closed on failure: the caller owns it.
+        shrunk under our mapping, which would kill us with SIGBUS.  A memfd the
+        peer did not seal but created with ``MFD_ALLOW_SEALING`` is sealed here
+        (``F_SEAL_SHRINK``: the peer's ``ftruncate`` then fails), so only fds
+        that cannot be sealed (hugetlbfs, plain files, memfds without
+        ``MFD_ALLOW_SEALING``) depend on ``require_seal``.  The fd is not closed
+        on failure: the caller owns it.
         """
         if not 0 < size <= MAX_REGION_SIZE:
             raise ProtocolViolation(f"invalid region size {size}")
@@ -69,13 +73,12 @@ class Region:
             raise ProtocolViolation("region fd is not a shared-memory file")
         if st.st_size < size:
             raise ProtocolViolation(f"region size {size} exceeds its file ({st.st_size} bytes)")
-        if require_seal:
-            try:
-                seals = fcntl.fcntl(fd, F_GET_SEALS)
-            except OSError:
-                seals = 0
-            if not seals & F_SEAL_SHRINK:
-                raise ProtocolViolation("region fd is not sealed against shrinking (F_SEAL_SHRINK)")
+        if not _seal_shrink(fd):
+            if require_seal:
+                raise ProtocolViolation(
+                    "region fd is not sealed against shrinking (F_SEAL_SHRINK)")
+        elif os.fstat(fd).st_size < size:  # it may have shrunk before our seal took hold
+            raise ProtocolViolation(f"region size {size} exceeds its file")
         try:
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError) as exc:
@@ -96,6 +99,17 @@ class Region:
         except OSError:
             pass
         self.fd = -1
+
+
+def _seal_shrink(fd: int) -> bool:
+    """True when ``fd`` is (now) sealed against shrinking; we add the seal if we can."""
+    try:
+        if fcntl.fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK:
+            return True
+        fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK)
+    except OSError:  # not a memfd, no MFD_ALLOW_SEALING, or F_SEAL_SEAL set
+        return False
+    return True
 
 
 @dataclass(frozen=True)

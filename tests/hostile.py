@@ -517,7 +517,10 @@ class RawRing:
 
 
 def _memfd(size: int, seal: bool) -> tuple[int, mmap.mmap]:
-    fd = os.memfd_create("hostile region", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    """A region memfd; unsealed ones are created without MFD_ALLOW_SEALING, so that
+    nobody (the master included, which seals a sealable one itself) can seal it."""
+    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if seal else 0)
+    fd = os.memfd_create("hostile region", flags)
     try:
         if seal:
             fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK)

@@ -597,6 +597,23 @@ class TestControlChannel:
         finally:
             mem.close()
 
+    async def test_sealable_region_is_sealed_by_the_master(self, sock_path: str,
+                                                           no_leaks: None) -> None:
+        """A memfd created with MFD_ALLOW_SEALING but not sealed: the master adds
+        F_SEAL_SHRINK itself and connects; the peer can no longer shrink it."""
+        fd = os.memfd_create("sealable", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, 1 << 16)
+            async with arena(sock_path):
+                async with await HostileClient.connect(sock_path) as hc:
+                    await hc.init()
+                    await hc.ok(MsgAddRegion(0, 1 << 16), [fd])
+                    assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+                    with pytest.raises(PermissionError):
+                        os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
     async def test_unsealed_region_accepted_when_allowed(self, sock_path: str,
                                                          no_leaks: None) -> None:
         async with arena(sock_path, target={"require_seal": False}) as a:
