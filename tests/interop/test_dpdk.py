@@ -96,9 +96,15 @@ async def link(role: str, path: str, *, connect: bool = True,
         yield itf, tp
 
 
-async def warm_up(itf: Interface, qids: Sequence[int] = (0,), timeout: float = 10.0) -> int:
+class WarmUp(int):
+    """The number of probes sent (an int), with ``.returned``: how many came back."""
+
+    returned: int
+
+
+async def warm_up(itf: Interface, qids: Sequence[int] = (0,), timeout: float = 10.0) -> WarmUp:
     """Send probes on each queue until one comes back on it; return the probes sent."""
-    sent = 0
+    sent = returned = 0
     for qid in qids:
         tx, rx = itf.get_tx_queue(qid), itf.get_rx_queue(qid)
         deadline = time.monotonic() + timeout
@@ -112,10 +118,13 @@ async def warm_up(itf: Interface, qids: Sequence[int] = (0,), timeout: float = 1
             assert all(p[12:14] == ETH_PROBE for p in got), \
                 f"unexpected frames during warm-up: {[describe(p) for p in got]}"
             if got:
+                returned += len(got)
                 break
             assert time.monotonic() < deadline, f"no probe came back on queue {qid} " \
                 f"within {timeout} s ({sent} sent)"
-    return sent
+    result = WarmUp(sent)
+    result.returned = returned
+    return result
 
 
 class EchoResult:
@@ -199,7 +208,7 @@ async def test_macswap_echo_10000_mixed_frames(role: str, testpmd: str, sock_pat
         assert_clean_queues(itf)
         # testpmd saw every frame and every probe; it sent back every frame and the
         # probes we got back (the early ones it drops count in RX only)
-        back = 1 + res.probes  # warm_up stops at the first returned probe
+        back = probes.returned + res.probes
         st = await tp.wait_stats(lambda s: s.tx_packets >= len(frames) + back)
         assert st.rx_packets == len(frames) + probes, st
         assert st.tx_packets == len(frames) + back, st
