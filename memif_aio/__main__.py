@@ -8,6 +8,8 @@ Subcommands:
     every byte was verified.
 ``version``
     Print the package and memif protocol versions.
+``responder``, ``ping``, ``bench``, ``capture``, ``show``
+    The tools of :mod:`memif_aio.tools` (see docs/cli.md).
 
 ``demo-peer`` is the hidden child side of ``demo``.
 """
@@ -88,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "protocol 2.0).")
     parser.add_argument("--version", action="version",
                         version=f"memif-aio {__version__} (memif {VERSION_MAJOR}.{VERSION_MINOR})")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,version}", required=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True,
+        metavar="{demo,version,responder,ping,bench,capture,show}")
 
     demo = sub.add_parser(
         "demo", help="master here, slave in a child process: verified traffic both ways",
@@ -109,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the package and protocol versions",
                    description="Print the memif_aio version and the memif protocol version.")
 
+    import importlib
+
+    from .tools import TOOLS
+
+    for name in TOOLS:
+        importlib.import_module(f".tools.{name}", __package__).add_parser(sub)
+
     peer = sub.add_parser("demo-peer", description="The child (slave) side of 'demo'; "
                           "not meant to be run by hand.")
     _traffic_options(peer, hidden=False)
@@ -121,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    if getattr(ns, "func", None) is not None:
+        rc: int = ns.func(ns)
+        return rc
     if getattr(ns, "verbose", False):
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                             format="%(process)d %(name)s %(levelname)s %(message)s")

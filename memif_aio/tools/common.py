@@ -1,0 +1,341 @@
+"""What every ``memif-aio`` tool shares: the interface options, running one interface
+with its status endpoint, waiting for the link, signals, and the exit statuses.
+
+Exit statuses (docs/cli.md): 0 success, 1 the run ended but its result is negative
+(``ping``: replies missing; ``bench``: no packet moved or packets lost), 2 bad
+arguments or no connection (socket unreachable, refused by the peer, no link within
+``--timeout``, socket path in use), 130 a second Ctrl-C/SIGTERM forced the exit
+(the first one ends the run normally, with its summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TextIO, TypeVar
+
+from ..config import Arguments, MemoryConfig, RxMode
+from ..errors import MemifError
+from ..interface import Interface
+from ..packet import parse_ip, parse_mac
+from ..queue import Queue
+from ..socket import Socket
+from ..status import StatusEndpoint
+from ..wire import MAX_LOG2_RING_SIZE, InterfaceMode
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2  #: bad arguments, and every failure to get a link
+EXIT_FORCED = 130
+
+#: how often the link wait looks at the interface
+_POLL = 0.02
+
+
+class ToolError(Exception):
+    """Ends a tool with ``message`` on stderr and exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# --- argument types ------------------------------------------------------------------------
+
+
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def conv(text: str) -> int:
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, not {v}")
+        return v
+
+    conv.__name__ = "integer"
+    return conv
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return v
+
+
+def mac_arg(text: str) -> bytes:
+    try:
+        return parse_mac(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ip_arg(text: str) -> bytes:
+    try:
+        return parse_ip(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_interface_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The options every interface-running tool takes."""
+    g = p.add_argument_group("interface options (common to every tool)")
+    g.add_argument("--socket", default="/run/vpp/memif.sock", metavar="PATH",
+                   help="memif socket: a file path, or @name for an abstract socket "
+                        "(default: %(default)s)")
+    g.add_argument("--id", type=int_range(0, 0xFFFFFFFF), default=0,
+                   help="interface id (default: %(default)s)")
+    g.add_argument("--role", choices=("master", "slave"), default="slave",
+                   help="master listens on the socket, slave connects (default: %(default)s)")
+    g.add_argument("--secret", default="", help="shared secret (default: none)")
+    g.add_argument("--rsize", type=int_range(1, MAX_LOG2_RING_SIZE), default=10,
+                   metavar="LOG2",
+                   help="ring size as log2 of the slots; the slave's value is used "
+                        "(default: %(default)s = 1024 slots)")
+    g.add_argument("--bsize", type=int_range(1, 65535), default=2048, metavar="BYTES",
+                   help="buffer size; the slave's value is used (default: %(default)s)")
+    g.add_argument("--queues", type=int_range(1, 256), default=1, metavar="N",
+                   help="queue pairs (default: %(default)s)")
+    g.add_argument("--mode", choices=("ethernet", "ip"), default="ethernet",
+                   help="interface mode: Ethernet frames or bare IP packets "
+                        "(default: %(default)s)")
+    g.add_argument("--rx-mode", choices=[m.value for m in RxMode], default="interrupt",
+                   help="how receive queues wait: eventfd interrupts, busy polling, or "
+                        "adaptive (default: %(default)s)")
+    g.add_argument("--name", default=command, help="interface name (default: %(default)s)")
+    g.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="how long to wait for the link to come up; a slave retries "
+                        "connecting until then (default: %(default)s)")
+    g.add_argument("--no-status", action="store_true",
+                   help="do not serve the status endpoint <socket>.ctl that "
+                        "'memif-aio show' reads")
+    g.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,
+                   help="run on uvloop rather than the default asyncio loop (default: uvloop)")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log what memif_aio does to stderr (-v info, -vv debug)")
+
+
+def build_arguments(ns: argparse.Namespace) -> Arguments:
+    try:
+        return Arguments(
+            id=ns.id, is_master=ns.role == "master", name=ns.name,
+            mode=InterfaceMode.ETHERNET if ns.mode == "ethernet" else InterfaceMode.IP,
+            secret=ns.secret.encode(), rx_mode=RxMode(ns.rx_mode),
+            memory_config=MemoryConfig(num_queue_pairs=ns.queues, log2_ring_size=ns.rsize,
+                                       packet_buffer_size=ns.bsize))
+    except ValueError as exc:
+        raise ToolError(f"bad interface options: {exc}") from None
+
+
+def configure_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else None
+    if level is None:
+        # the tools report connection problems themselves; keep library chatter quiet
+        logging.getLogger("memif_aio").setLevel(logging.ERROR)
+        return
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def fmt_rate(value: float, unit: str) -> str:
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+# --- one run -------------------------------------------------------------------------------
+
+
+class Tool:
+    """One run of a tool: its socket and interface, the status endpoint and the stop
+    event set by the first SIGINT/SIGTERM."""
+
+    def __init__(self, ns: argparse.Namespace, command: str) -> None:
+        self.ns = ns
+        self.command = command
+        self.prog = f"memif-aio {command}"
+        self.args = build_arguments(ns)
+        self.stop = asyncio.Event()
+        self.signal: int | None = None
+        self.sock: Socket | None = None
+        self._itf: Interface | None = None
+        self.endpoint: StatusEndpoint | None = None
+        self.out: TextIO = sys.stdout
+
+    @property
+    def itf(self) -> Interface:
+        assert self._itf is not None
+        return self._itf
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: {message}", file=sys.stderr, flush=True)
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def link_summary(self) -> str:
+        itf = self.itf
+        mc = itf.get_memory_config()
+        return (f"connected to {itf.get_remote_name()!r} interface {itf.get_peer_name()!r} "
+                f"as {'master' if itf.is_master() else 'slave'}: {len(itf.tx_queues)} queue "
+                f"pair(s), ring {1 << mc.log2_ring_size}, buffer {mc.packet_buffer_size}")
+
+    async def connect(self) -> bool:
+        """Wait for the first link up, at most ``--timeout`` seconds.  False when
+        stopped by a signal first; :class:`ToolError` (status 2) when the peer refused
+        the connection (its reason) or nothing connected in time."""
+        itf = self.itf
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ns.timeout
+        while not itf.is_connected():
+            if self.stop.is_set():
+                return False
+            reason = itf.get_disconnect_reason()
+            if reason and not itf.is_master():
+                raise ToolError(f"connection refused: {reason}")
+            if loop.time() >= deadline:
+                t = self.ns.timeout
+                if itf.is_master():
+                    last = f" (last refused: {reason})" if reason else ""
+                    raise ToolError(f"no slave connected to {self.ns.socket} (id {self.ns.id}) "
+                                    f"within {t:g} s{last}")
+                why = itf.get_connect_error() or "no answer to the handshake"
+                raise ToolError(f"could not connect to {self.ns.socket} within {t:g} s: {why}")
+            await asyncio.sleep(_POLL)
+        return True
+
+    def finished(self, done: asyncio.Event | None = None, end: float | None = None) -> bool:
+        """The stop event, ``done``, or the loop time ``end`` has come."""
+        return self.stop.is_set() or (done is not None and done.is_set()) or \
+            (end is not None and asyncio.get_running_loop().time() >= end)
+
+    async def until(self, aws: Iterable[Awaitable[Any]], done: asyncio.Event | None = None,
+                    end: float | None = None) -> bool:
+        """Run ``aws`` until they all end, or the stop event, ``done``, or the loop time
+        ``end``; whatever still runs is then cancelled.  True when they all ended by
+        themselves.  An exception of one of them is raised.  With no ``aws``, wait for
+        the stop event, ``done`` or ``end`` (True when ``end`` came)."""
+        tasks = [asyncio.ensure_future(a) for a in aws]
+        events = [asyncio.ensure_future(self.stop.wait())]
+        if done is not None:
+            events.append(asyncio.ensure_future(done.wait()))
+        loop = asyncio.get_running_loop()
+        try:
+            pending = set(tasks)
+            while (pending or not tasks) and not self.finished(done, end):
+                left = None if end is None else max(0.0, end - loop.time())
+                await asyncio.wait({*pending, *events}, timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                pending = {t for t in tasks if not t.done()}
+                for t in tasks:
+                    if t.done() and not t.cancelled() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+            return not pending if tasks else not self.finished(done)
+        finally:
+            for t in (*tasks, *events):
+                t.cancel()
+            await asyncio.gather(*tasks, *events, return_exceptions=True)
+
+    async def serve(self, per_queue: Callable[[Queue, Queue], Coroutine[Any, Any, None]],
+                    *, duration: float | None = None,
+                    done: asyncio.Event | None = None) -> None:
+        """Run ``per_queue(rx, tx)`` on every queue pair of every connection (the link
+        must be up on entry) until the stop event, ``done``, or ``duration`` seconds.
+        ``per_queue`` returns when its queues raise ``Disconnected``; after a link down
+        this reports the reason on stderr and waits for the next link (a slave
+        reconnects by itself; a master waits for a slave)."""
+        loop = asyncio.get_running_loop()
+        end = None if duration is None else loop.time() + duration
+        first = True
+        while not self.finished(done, end):
+            itf = self.itf
+            if not first:
+                while not itf.is_connected() and not self.finished(done, end):
+                    await asyncio.sleep(_POLL)
+                if self.finished(done, end):
+                    return
+                self.say(self.link_summary())
+            first = False
+            try:
+                n = min(len(itf.rx_queues), len(itf.tx_queues))
+                pairs = [(itf.get_rx_queue(q), itf.get_tx_queue(q)) for q in range(n)]
+            except MemifError:
+                continue  # went down again already
+            if not await self.until([per_queue(rx, tx) for rx, tx in pairs], done, end):
+                return
+            self.error(f"link down: {itf.get_disconnect_reason() or 'unknown reason'}")
+
+
+def run(ns: argparse.Namespace, command: str,
+        body: Callable[[Tool], Coroutine[Any, Any, int]]) -> int:
+    """Run ``body(tool)`` with the interface up to it; map errors to exit statuses."""
+    configure_logging(ns.verbose)
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if ns.uvloop:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_main(ns, command, body))
+    except ToolError as exc:
+        print(f"memif-aio {command}: {exc.message}", file=sys.stderr, flush=True)
+        return exc.code
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"memif-aio {command}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_FORCED
+
+
+async def _main(ns: argparse.Namespace, command: str,
+                body: Callable[[Tool], Coroutine[Any, Any, int]]) -> int:
+    tool = Tool(ns, command)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_signal(signum: int) -> None:
+        if tool.stop.is_set():
+            main.cancel()  # the second one: stop now
+        tool.signal = signum
+        tool.stop.set()
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(s, on_signal, s)
+    try:
+        try:
+            sock = Socket(ns.socket, app_name=tool.prog)
+        except ValueError as exc:
+            raise ToolError(f"bad --socket: {exc}") from None
+        tool.sock = sock
+        tool._itf = sock.new_interface(tool.args)
+        try:
+            await sock.start_polling()
+        except (MemifError, OSError) as exc:
+            await sock.delete()
+            raise ToolError(str(exc)) from None
+        try:
+            if not ns.no_status:
+                tool.endpoint = StatusEndpoint(ns.socket, lambda: sock.interfaces, tool.prog)
+                await tool.endpoint.start()
+            return await body(tool)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sock.delete(), 5.0)
+            if tool.endpoint is not None:
+                await tool.endpoint.close()
+    finally:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(s)
