@@ -8,6 +8,7 @@ The public surface follows gomemif in Python style::
         pkt = await itf.get_rx_queue(0).read_packet()
 """
 
+from .capture import Capture, PcapWriter
 from .config import (
     DEFAULT_LOG2_RING_SIZE,
     DEFAULT_NUM_QUEUE_PAIRS,
@@ -30,6 +31,7 @@ from .errors import (
 from .interface import Interface, InterfaceStats, LinkEvent
 from .queue import Queue, QueueStats
 from .socket import Socket
+from .status import format_show
 from .wire import (
     VERSION,
     VERSION_MAJOR,
@@ -58,6 +60,7 @@ __all__ = [
     "VERSION_MAJOR",
     "VERSION_MINOR",
     "Arguments",
+    "Capture",
     "ConnectionRefused",
     "Disconnected",
     "Interface",
@@ -77,6 +80,7 @@ __all__ = [
     "MsgType",
     "NotConnected",
     "PacketTooLarge",
+    "PcapWriter",
     "ProtocolViolation",
     "Queue",
     "QueueStats",
@@ -84,5 +88,6 @@ __all__ = [
     "Socket",
     "WouldBlock",
     "decode_message",
+    "format_show",
     "role_to_string",
 ]

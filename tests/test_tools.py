@@ -408,12 +408,12 @@ def test_ping_connection_errors_exit_2(sock_dir: str, tools: list[Tool]) -> None
 
 def test_ping_link_down_mid_run_exit_1(sock_dir: str, tools: list[Tool]) -> None:
     path = os.path.join(sock_dir, "memif.sock")
-    resp = start_responder(tools, sock_dir, "master", "--duration", "1.5")
-    r = run(sock_dir, "ping", "--socket", path, "-c", "100", "-i", "0.05")
+    resp = start_responder(tools, sock_dir, "master", "--duration", "4")
+    r = run(sock_dir, "ping", "--socket", path, "-c", "200", "-i", "0.05")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "memif-aio ping: link down: interface deleted" in r.stderr
     m = SUMMARY.search(r.stdout)
-    assert m and 5 < int(m[1]) < 100, r.stdout
+    assert m and 5 < int(m[1]) < 200, r.stdout
     assert resp.finish()[0] == 0
 
 
