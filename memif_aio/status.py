@@ -295,12 +295,11 @@ class StatusEndpoint:
             _remove_stale(name)
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
-            old = os.umask(0o177)  # the file is created 0600: only this user can connect
-            try:
-                sock.bind(addr)
-            finally:
-                os.umask(old)
+            sock.bind(addr)
             if not name.startswith("@"):
+                # only this user may connect (the peer's uid is checked as well, which is
+                # what guards abstract names and the moment before this chmod)
+                os.chmod(name, 0o600)
                 st = os.stat(name)
                 self._inode = (st.st_dev, st.st_ino)
             sock.listen(8)

@@ -54,8 +54,8 @@ def markdown_files() -> list[str]:
     return [os.path.relpath(f, ROOT) for f in files]
 
 
-def python_blocks(rel: str) -> list[Block]:
-    with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+def python_blocks(rel: str, root: str = ROOT) -> list[Block]:
+    with open(os.path.join(root, rel), encoding="utf-8") as f:
         lines = f.read().splitlines()
     blocks = []
     i = 0
@@ -96,12 +96,10 @@ def test_samples_were_found() -> None:
 def test_the_extractor() -> None:
     text = ("intro\n```python\nprint(1)\n```\n<!-- no-run: needs VPP -->\n\n"
             "```python\nawait x\n```\n```sh\nls\n```\n  ```py\n  a = 1\n  ```\n")
-    with tempfile.NamedTemporaryFile("w", suffix=".md", dir=ROOT, delete=False) as f:
-        f.write(text)
-    try:
-        got = python_blocks(os.path.relpath(f.name, ROOT))
-    finally:
-        os.unlink(f.name)
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "x.md"), "w") as f:
+            f.write(text)
+        got = python_blocks("x.md", root=d)
     assert [(b.line, b.code, b.no_run) for b in got] == [
         (2, "print(1)\n", None), (7, "await x\n", "needs VPP"), (13, "a = 1\n", None)]
 

@@ -294,10 +294,12 @@ async def _body(tool: Tool) -> int:
         for r in readers:
             r.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-    link_lost = down_reported or not itf.is_connected()
+    st = p.stats
+    complete = bool(p.count) and st.transmitted == p.count and st.received == p.count
+    # a link that goes down after every reply came in does not matter
+    link_lost = not complete and (down_reported or not itf.is_connected())
     if link_lost and not down_reported:
         tool.error(f"link down: {itf.get_disconnect_reason() or 'unknown reason'}")
-    st = p.stats
     for line in summary(dest, st, (time.monotonic() - start) * 1000.0):
         tool.say(line)
     ok = st.transmitted and st.received == st.transmitted and not st.errors and not link_lost
