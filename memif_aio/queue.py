@@ -34,6 +34,8 @@ TxRing = Union[S2MProducer, M2SProducer]
 _BATCH = 64
 #: empty polls in ADAPTIVE mode before falling back to the eventfd
 _ADAPTIVE_SPINS = 64
+#: packets a queue may move without the loop getting a turn (see Queue._take_turn)
+_FAIR_PACKETS = 4096
 #: how long a polling reader spins on the ring before yielding to the loop
 _SPIN_NS = 20_000
 #: tx retries that only yield to the loop before sleeping
@@ -79,6 +81,7 @@ class Queue:
         self._reading = False
         self._signals = 0
         self._signal_pending = False
+        self._budget = _FAIR_PACKETS
         self._evbuf = bytearray(8)
         self._taps: list[Tap] = taps if taps is not None else []
         self._leased: list[Any] | None = None
@@ -245,7 +248,11 @@ class Queue:
         while True:
             if pending or self._fill():
                 self._spins = 0
-                return pending.popleft()
+                pkt = pending.popleft()
+                self._budget -= 1
+                if self._budget <= 0:
+                    await self._take_turn()
+                return pkt
             self._raise_dead()
             await self._wait_rx()
 
@@ -297,8 +304,20 @@ class Queue:
             out = self.read_burst_nowait(max_packets)
             if out:
                 self._spins = 0
+                self._budget -= len(out)
+                if self._budget <= 0:
+                    await self._take_turn()
                 return out
             await self._wait_rx()
+
+    async def _take_turn(self) -> None:
+        """Yield to the event loop once every ``_FAIR_PACKETS`` packets.
+
+        A read or write that finds the ring ready completes without suspending,
+        so a loop over a flood would otherwise never let timers, signal handlers,
+        other tasks or our own control channel run."""
+        self._budget = _FAIR_PACKETS
+        await asyncio.sleep(0)
 
     @contextlib.asynccontextmanager
     async def lease(self, max_packets: int = 64) -> AsyncIterator[list[Any]]:
@@ -492,6 +511,9 @@ class Queue:
         if self._is_rx:
             self._check_tx()
         if self._write_one(data):
+            self._budget -= 1
+            if self._budget <= 0:
+                await self._take_turn()
             return len(data)
         retry = _Backoff(self._tx_timeout)
         while True:
@@ -506,6 +528,11 @@ class Queue:
             packets = list(packets)
         total = len(packets)
         done = self._write(packets)
+        if done == total:
+            self._budget -= total
+            if self._budget <= 0:
+                await self._take_turn()
+            return total
         retry: _Backoff | None = None
         while done < total:
             retry = retry or _Backoff(self._tx_timeout)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import pytest
 import uvloop
+from leaks import memfd_mappings, open_fds  # a plain module: see leaks.py
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -25,14 +26,6 @@ def pytest_asyncio_loop_factories(config: Any, item: pytest.Item) -> Mapping[str
     return {"asyncio": asyncio.new_event_loop}
 
 
-def open_fds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd")}
-
-
-def memfd_mappings() -> int:
-    """Mappings of memfd regions (ours or a peer's) in this process."""
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "memfd:" in line)
 
 
 @pytest.fixture

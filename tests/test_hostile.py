@@ -1662,7 +1662,7 @@ class TestEndurance:
                                                         no_leaks: None) -> None:
         """1 000 handshakes and teardowns (either side ending them): fds and memfd
         mappings end where they started (no_leaks, and checked half-way too)."""
-        from conftest import memfd_mappings, open_fds
+        from leaks import memfd_mappings, open_fds
 
         ups = {"m": 0, "s": 0}
         changed = asyncio.Event()

@@ -513,3 +513,41 @@ async def test_stop_and_restart_polling(sock_path: str, no_leaks: None) -> None:
         await sock.start_polling()
         await asyncio.wait_for(asyncio.gather(m.wait_connected(), s.wait_connected()), T)
         await exchange(s, m, 0, [b"resumed"])
+
+
+async def test_a_flood_does_not_starve_the_event_loop(sock_path: str, no_leaks: None) -> None:
+    """Reads and writes that find the ring ready complete without suspending; every
+    4096 packets a queue still gives the loop a turn (timers, signals, control channel)."""
+    mc = MemoryConfig(log2_ring_size=14)  # room for the whole flood without waiting
+    async with pair(sock_path, slave={"memory_config": mc}) as (_sock, m, s):
+        tx, rx = s.get_tx_queue(0), m.get_rx_queue(0)
+        loop = asyncio.get_running_loop()
+
+        async def count_until_callback(step: object, total: int) -> int:
+            ran = []
+            loop.call_soon(ran.append, True)  # runs at the first turn the loop gets
+            done = 0
+            while done < total and not ran:
+                done += await step()  # type: ignore[operator]
+            return done
+
+        async def write_one() -> int:
+            await tx.write_packet(b"w" * 60)
+            return 1
+
+        async def write_64() -> int:
+            return await tx.write_burst([b"b" * 60] * 64)
+
+        async def read_one() -> int:
+            await rx.read_packet()
+            return 1
+
+        async def read_64() -> int:
+            return len(await rx.read_burst(64))
+
+        for step in (write_one, write_64):
+            assert await count_until_callback(step, 8000) <= 4096 + 64
+        assert tx.write_burst_nowait([b"x" * 60] * 6000) == 6000  # enough for both reads
+        rx.read_burst_nowait(64)  # start the reads mid-ring
+        for step in (read_one, read_64):
+            assert await count_until_callback(step, 6000) <= 4096 + 64
