@@ -27,7 +27,7 @@ MAX_REGION_SIZE = 1 << 32
 class Region:
     """One mapped shared-memory region (an fd plus its mapping)."""
 
-    __slots__ = ("fd", "size", "mm", "view")
+    __slots__ = ("fd", "mm", "size", "view")
 
     def __init__(self, fd: int, size: int, mm: mmap.mmap) -> None:
         self.fd = fd

@@ -21,7 +21,7 @@ import enum
 import hmac
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Union
+from typing import Callable, Protocol, Union
 
 from .errors import ProtocolViolation
 from .memory import ClientLayout, Region, close_fds, is_eventfd, new_eventfd
@@ -34,10 +34,12 @@ from .ring import (
     validate_initial_indices,
 )
 from .wire import (
+    DESC_LENGTH_OFF,
     MAX_LOG2_RING_SIZE,
     MAX_REGION_INDEX,
     MAX_RING_INDEX,
     MSG_ADD_RING_FLAG_S2M,
+    U32,
     VERSION,
     MsgAck,
     MsgAddRegion,
@@ -47,8 +49,6 @@ from .wire import (
     MsgDisconnect,
     MsgHello,
     MsgInit,
-    U32,
-    DESC_LENGTH_OFF,
     MsgType,
     RingLayout,
     RingType,
@@ -66,7 +66,7 @@ from .wire import (
 @dataclass(frozen=True)
 class SendMessage:
     data: bytes
-    fd: Optional[int] = None
+    fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class _Machine:
         self.established = False
         self._regions: list[Region] = []
         self._held_fds: list[int] = []  # eventfds not yet handed over
-        self._pending_fd: Optional[int] = None
+        self._pending_fd: int | None = None
 
     # -- inputs ----------------------------------------------------------------
     def receive(self, data: bytes, fds: list[int] | tuple[int, ...] = (),
@@ -195,7 +195,7 @@ class _Machine:
         return self._fail(reason, by_peer=False)
 
     # -- helpers -----------------------------------------------------------------
-    def _handle(self, msg: object, fd: Optional[int]) -> list[Output]:
+    def _handle(self, msg: object, fd: int | None) -> list[Output]:
         raise NotImplementedError
 
     def _eof_reason(self) -> str:
@@ -259,7 +259,7 @@ class ServerTarget(Protocol):
 @dataclass(frozen=True)
 class ServerConfig:
     app_name: bytes = b"memif_aio"
-    lookup: Callable[[int], Optional[ServerTarget]] = lambda _id: None
+    lookup: Callable[[int], ServerTarget | None] = lambda _id: None
     max_total_region_size: int = 1 << 34  # 16 GiB of mappings per connection
 
 
@@ -279,7 +279,7 @@ class ServerHandshake(_Machine):
         self.layout = RingLayout.for_cache_line(64)  # the interface's own, from INIT on
         self._require_seal = True
         self.state = ServerState.WAIT_INIT
-        self.interface_id: Optional[int] = None
+        self.interface_id: int | None = None
         self.peer_name = b""
         self._if_name = b""
         self._total_size = 0
@@ -297,7 +297,7 @@ class ServerHandshake(_Machine):
         self.state = ServerState.CLOSED
         return super()._teardown(reason, by_peer)
 
-    def _handle(self, msg: object, fd: Optional[int]) -> list[Output]:
+    def _handle(self, msg: object, fd: int | None) -> list[Output]:
         if self.state is ServerState.CONNECTED:
             if isinstance(msg, MsgAck):
                 return []
@@ -336,7 +336,7 @@ class ServerHandshake(_Machine):
         self.state = ServerState.WAIT_CONFIG
         return [InitAccepted(msg.id, msg.name), SendMessage(MsgAck().encode())]
 
-    def _on_add_region(self, msg: MsgAddRegion, fd: Optional[int]) -> list[Output]:
+    def _on_add_region(self, msg: MsgAddRegion, fd: int | None) -> list[Output]:
         if fd is None:
             raise ProtocolViolation("missing memory region fd")
         if msg.index != len(self._regions):
@@ -351,7 +351,7 @@ class ServerHandshake(_Machine):
         self._regions.append(region)
         return [SendMessage(MsgAck().encode())]
 
-    def _on_add_ring(self, msg: MsgAddRing, fd: Optional[int]) -> list[Output]:
+    def _on_add_ring(self, msg: MsgAddRing, fd: int | None) -> list[Output]:
         if fd is None:
             raise ProtocolViolation("missing ring interrupt fd")
         self._held_fds.append(fd)  # owned from here on; closed at teardown
@@ -450,7 +450,7 @@ class ClientHandshake(_Machine):
         self.ring_layout = RingLayout.for_cache_line(config.cache_line)
         self.state = ClientState.WAIT_HELLO
         self.peer_name = b""
-        self.layout: Optional[ClientLayout] = None
+        self.layout: ClientLayout | None = None
         self._queue: list[SendMessage] = []
         self._sent = 0  # queued messages sent so far (INIT is the first)
         self._s2m_fds: list[int] = []
@@ -472,7 +472,7 @@ class ClientHandshake(_Machine):
             return "peer closed the connection during the handshake"
         return super()._eof_reason()
 
-    def _handle(self, msg: object, fd: Optional[int]) -> list[Output]:
+    def _handle(self, msg: object, fd: int | None) -> list[Output]:
         if fd is not None:  # receive() closes it (it is still the pending fd)
             raise ProtocolViolation("unexpected file descriptor")
         if self.state is ClientState.WAIT_HELLO and isinstance(msg, MsgHello):

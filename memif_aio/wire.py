@@ -401,7 +401,7 @@ Message = Union[MsgAck, MsgHello, MsgInit, MsgAddRegion, MsgAddRing, MsgConnect,
                 MsgDisconnect]
 
 _BY_TYPE: dict[int, type[Message]] = {
-    cls.TYPE: cls  # type: ignore[misc]
+    cls.TYPE: cls
     for cls in (MsgAck, MsgHello, MsgInit, MsgAddRegion, MsgAddRing, MsgConnect, MsgConnected,
                 MsgDisconnect)
 }
