@@ -22,6 +22,7 @@ import sys
 from typing import Sequence
 
 from . import VERSION_MAJOR, VERSION_MINOR, __version__
+from .tools.common import positive_float as _positive_float
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -39,16 +40,6 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"sizes must be in {MIN_SIZE}..{MAX_SIZE} bytes (the header takes {MIN_SIZE}): {bad}")
     return sizes
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return v
 
 
 def _queues(text: str) -> int:
