@@ -30,7 +30,7 @@ from .errors import (
 )
 from .interface import Interface, InterfaceStats, LinkEvent
 from .queue import Queue, QueueStats
-from .socket import Socket
+from .socket import PeerCredentials, Socket
 from .status import format_show
 from .wire import (
     VERSION,
@@ -81,6 +81,7 @@ __all__ = [
     "NotConnected",
     "PacketTooLarge",
     "PcapWriter",
+    "PeerCredentials",
     "ProtocolViolation",
     "Queue",
     "QueueStats",

@@ -81,6 +81,7 @@ class ControlChannel(asyncio.Protocol):
         self.owner = owner
         self.interface = interface
         self.transport: SeqpacketTransport | None = None
+        self.peer_credentials: Any = None  # PeerCredentials of an accepted connection
         self._timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
         self.established = False
@@ -216,6 +217,12 @@ class Interface:
         (socket missing, nobody listening) does not overwrite it: see
         :meth:`get_connect_error`."""
         return self._last_reason
+
+    def get_peer_credentials(self) -> Any:
+        """Master: the :class:`~memif_aio.socket.PeerCredentials` (pid, uid, gid) of the
+        connected peer process, from ``SO_PEERCRED``; None for a slave or while down."""
+        ch = self._channel
+        return ch.peer_credentials if ch is not None and self._session is not None else None
 
     def get_connect_error(self) -> str:
         """Why the last attempt to reach the socket failed ('' after a successful connect)."""

@@ -8,6 +8,9 @@ import logging
 import os
 import socket as _socket
 import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .config import DEFAULT_SOCKET_FILENAME, Arguments
 from .errors import MemifError
@@ -15,6 +18,24 @@ from .interface import ControlChannel, Interface
 from .protocol import ServerConfig, ServerHandshake
 
 log = logging.getLogger("memif_aio")
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    """The peer process of a control connection, from ``SO_PEERCRED``."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: _socket.socket) -> PeerCredentials | None:
+    """``SO_PEERCRED`` of a connected AF_UNIX socket (None if the kernel will not tell)."""
+    try:
+        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return PeerCredentials(*struct.unpack("3i", raw))
 
 
 def socket_address(filename: str) -> str:
@@ -47,13 +68,20 @@ class Socket:
     ``socket_mode`` / ``socket_owner`` (uid, gid) set the permissions of a
     listener file we create; ``handshake_timeout`` bounds unauthenticated
     connections and ``max_pending`` how many may wait at once.
+
+    ``accept_filter(creds)`` sees the :class:`PeerCredentials` (pid, uid, gid, from
+    ``SO_PEERCRED``) of every process that connects to a listener and may refuse it
+    (return False: the connection is closed before HELLO).  Credentials are logged at
+    DEBUG either way, and a connected master reports them with
+    :meth:`Interface.get_peer_credentials`.
     """
 
     def __init__(self, filename: str = DEFAULT_SOCKET_FILENAME, *, app_name: str = "memif_aio",
                  socket_mode: int | None = None,
                  socket_owner: tuple[int, int] | None = None,
                  handshake_timeout: float = 10.0, max_pending: int = 64,
-                 max_total_region_size: int = 1 << 34) -> None:
+                 max_total_region_size: int = 1 << 34,
+                 accept_filter: Callable[[PeerCredentials], bool] | None = None) -> None:
         self._filename = filename
         self._address = socket_address(filename)
         raw = app_name.encode("utf-8")
@@ -64,6 +92,7 @@ class Socket:
         self._socket_owner = socket_owner
         self._handshake_timeout = handshake_timeout
         self._max_pending = max_pending
+        self._accept_filter = accept_filter
         self._server_config = ServerConfig(app_name=raw, lookup=self._lookup,
                                            max_total_region_size=max_total_region_size)
         self._interfaces: dict[tuple[bool, int], Interface] = {}
@@ -266,10 +295,25 @@ class Socket:
                             self._filename)
                 conn.close()
                 continue
+            creds = peer_credentials(conn)
+            log.debug("%s: connection from %s", self._filename, creds)
+            if self._accept_filter is not None:
+                try:  # no credentials, nothing to vouch for the peer: refuse
+                    allowed = creds is not None and bool(self._accept_filter(creds))
+                except Exception:
+                    log.exception("%s: accept_filter failed; refusing the connection",
+                                  self._filename)
+                    allowed = False
+                if not allowed:
+                    log.warning("%s: accept_filter refused a connection from %s",
+                                self._filename, creds)
+                    conn.close()
+                    continue
             from .transport import SeqpacketTransport
 
             channel = ControlChannel(ServerHandshake(self._server_config), self,
                                      self._handshake_timeout)
+            channel.peer_credentials = creds
             self._pending.add(channel)
             SeqpacketTransport(loop, conn, channel)
 

@@ -588,3 +588,28 @@ async def test_memory_stays_flat_over_a_long_run(sock_path: str, no_leaks: None)
         finally:
             tracemalloc.stop()
         assert after - before < 16 * 1024, (before, after)
+
+
+async def test_peer_credentials_and_accept_filter(sock_path: str, no_leaks: None) -> None:
+    from memif_aio import PeerCredentials
+
+    seen: list[PeerCredentials] = []
+
+    def only_root_group_zero(creds: PeerCredentials) -> bool:
+        seen.append(creds)
+        return creds.uid == os.getuid() and creds.gid == 12345  # refuses us
+
+    async with Socket(sock_path, accept_filter=only_root_group_zero) as sock:
+        sock.new_interface(Arguments(id=0, is_master=True))
+        s = sock.new_interface(Arguments(id=0, is_master=False, reconnect_min_delay=0.02,
+                                         reconnect_max_delay=0.05))
+        with pytest.raises(TimeoutError):
+            await s.wait_connected(0.3)
+        assert seen and seen[0] == PeerCredentials(os.getpid(), os.getuid(), os.getgid())
+    async with Socket(sock_path, accept_filter=lambda c: c.pid == os.getpid()) as sock:
+        m = sock.new_interface(Arguments(id=0, is_master=True))
+        s = sock.new_interface(Arguments(id=0, is_master=False))
+        await asyncio.wait_for(asyncio.gather(m.wait_connected(), s.wait_connected()), T)
+        assert m.get_peer_credentials() == PeerCredentials(os.getpid(), os.getuid(),
+                                                           os.getgid())
+        assert s.get_peer_credentials() is None  # a slave's peer is the listener
