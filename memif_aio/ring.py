@@ -229,6 +229,9 @@ class S2MProducer(_ClientRing):
             raise ProtocolViolation("S2M tail moved outside [head - ring size, head]")
         return self.size - used
 
+    def slots_for(self, length: int) -> int:
+        return max(1, -(-length // self.bsize))
+
     def write_burst(self, packets: Packets, start: int = 0) -> int:
         """Publish as many packets from ``packets[start:]`` as fit; return how many.
 
