@@ -613,3 +613,84 @@ async def test_peer_credentials_and_accept_filter(sock_path: str, no_leaks: None
         assert m.get_peer_credentials() == PeerCredentials(os.getpid(), os.getuid(),
                                                            os.getgid())
         assert s.get_peer_credentials() is None  # a slave's peer is the listener
+
+
+async def test_cancelled_inside_lease_and_reserve_loses_no_slot(sock_path: str,
+                                                                 no_leaks: None) -> None:
+    mc = MemoryConfig(log2_ring_size=3)  # 8 slots: a lost slot would show at once
+    async with pair(sock_path, slave={"memory_config": mc}) as (_sock, m, s):
+        for tx, rx in ((s.get_tx_queue(0), m.get_rx_queue(0)),
+                       (m.get_tx_queue(0), s.get_rx_queue(0))):
+            entered = asyncio.Event()
+
+            async def hold_lease() -> None:
+                async with rx.lease(8) as views:
+                    assert len(views) == 8
+                    entered.set()
+                    await asyncio.sleep(10)  # cancelled here, views in hand
+
+            await tx.write_burst([bytes([i]) * 100 for i in range(8)])
+            task = asyncio.ensure_future(hold_lease())
+            await asyncio.wait_for(entered.wait(), T)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # the 8 leased slots went back: 8 more packets fit and arrive intact
+            await exchange_ring_full(tx, rx)
+
+            entered.clear()
+
+            async def hold_reservation() -> None:
+                async with tx.reserve(8, 64) as bufs:
+                    bufs[0][:4] = b"half"
+                    entered.set()
+                    await asyncio.sleep(10)  # cancelled mid-fill: nothing may be published
+
+            task = asyncio.ensure_future(hold_reservation())
+            await asyncio.wait_for(entered.wait(), T)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert rx.read_burst_nowait(8) == []
+            await exchange_ring_full(tx, rx)
+
+            # cancelled while waiting: for a packet inside lease(), for room inside reserve()
+            waiting = asyncio.ensure_future(rx.lease(4).__aenter__())
+            await asyncio.sleep(0.01)
+            waiting.cancel()
+            await tx.write_burst([b"x" * 10] * 8)  # ring full now
+            blocked = asyncio.ensure_future(tx.reserve(1, 10).__aenter__())
+            await asyncio.sleep(0.01)
+            blocked.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await blocked
+            assert await rx.read_burst(8) == [b"x" * 10] * 8
+            await exchange_ring_full(tx, rx)
+
+
+async def exchange_ring_full(tx: object, rx: object) -> None:
+    pkts = [bytes([0xA0 + i]) * 200 for i in range(8)]
+    assert tx.write_burst_nowait(pkts) == 8  # type: ignore[attr-defined]
+    got: list[bytes] = []
+    while len(got) < 8:
+        got += await asyncio.wait_for(rx.read_burst(8), T)  # type: ignore[attr-defined]
+    assert got == pkts
+
+
+@pytest.mark.parametrize("mode", [RxMode.INTERRUPT, RxMode.ADAPTIVE])
+async def test_a_peer_that_stops_producing_costs_no_cpu(sock_path: str, no_leaks: None,
+                                                        mode: RxMode) -> None:
+    import time
+
+    async with pair(sock_path, master={"rx_mode": mode}) as (_sock, m, s):
+        rx = m.get_rx_queue(0)
+        await s.get_tx_queue(0).write_packet(b"first")
+        assert await rx.read_packet() == b"first"
+        reader = asyncio.ensure_future(rx.read_packet())  # the peer goes quiet
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await asyncio.sleep(0.5)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        assert not reader.done()
+        assert cpu < 0.2 * wall, f"an idle reader burned {cpu:.3f} s of CPU in {wall:.3f} s"
+        await s.get_tx_queue(0).write_packet(b"again")  # and comes back
+        assert await asyncio.wait_for(reader, T) == b"again"
