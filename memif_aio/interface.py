@@ -160,7 +160,6 @@ class Interface:
         self._last_reason = ""
         self._last_refusal = ""
         self._connect_error = ""
-        self._last_by_peer = False
         self._deleted = False
         self._paused = False
         self._task: asyncio.Task[None] | None = None
@@ -525,7 +524,6 @@ class Interface:
             return
         self._channel = None
         self._last_reason = reason
-        self._last_by_peer = by_peer
         session = self._session
         was_up = session is not None
         if session is not None:

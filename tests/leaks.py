@@ -10,7 +10,15 @@ import os
 
 
 def open_fds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd")}
+    """Open fds of this process (not counting the one listdir itself used)."""
+    fds = set()
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(n))
+        except OSError:
+            continue
+        fds.add(int(n))
+    return fds
 
 
 def memfd_mappings() -> int:

@@ -26,6 +26,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from leaks import memfd_mappings, open_fds
 
 from memif_aio.errors import PacketTooLarge, ProtocolViolation
 from memif_aio.memory import ClientLayout, Region
@@ -65,22 +66,6 @@ u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 u64 = st.integers(0, (1 << 64) - 1)
-
-
-def open_fds() -> set[int]:
-    fds = set()
-    for n in os.listdir("/proc/self/fd"):
-        try:
-            os.fstat(int(n))
-        except OSError:
-            continue
-        fds.add(int(n))
-    return fds
-
-
-def memfd_mappings() -> int:
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "memfd:" in line)
 
 
 def describe(fds: set[int]) -> list[str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 import pytest
+from leaks import memfd_mappings, open_fds
 
 from memif_aio.errors import ProtocolViolation
 from memif_aio.memory import ClientLayout, Region
@@ -53,23 +54,6 @@ from memif_aio.wire import (
 # ---------------------------------------------------------------------------
 # Leak guard
 # ---------------------------------------------------------------------------
-
-
-def open_fds() -> set[int]:
-    """Open fds of this process (not counting the one listdir itself used)."""
-    fds = set()
-    for n in os.listdir("/proc/self/fd"):
-        try:
-            os.fstat(int(n))
-        except OSError:
-            continue
-        fds.add(int(n))
-    return fds
-
-
-def memfd_mappings() -> int:
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "memfd:" in line)
 
 
 def describe(fd: int) -> str:

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from leaks import memfd_mappings
 
 from memif_aio.errors import PacketTooLarge, ProtocolViolation
 from memif_aio.memory import ClientLayout, Region
@@ -30,11 +31,6 @@ from memif_aio.wire import COOKIE, DESC_FLAG_NEXT, RingLayout, RingType
 
 S2M, M2S = RingType.S2M, RingType.M2S
 DESC = struct.Struct("<HHIII")  # the reference's format (§6.3), not the derived one
-
-
-def memfd_mappings() -> int:
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "memfd:" in line)
 
 
 @pytest.fixture(autouse=True)
