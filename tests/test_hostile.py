@@ -1290,40 +1290,55 @@ class TestSlaveDataPath:
 # ----------------------------------------------------------------------------
 # Faults
 # ----------------------------------------------------------------------------
-async def _cancel_storm(tx: Any, rx: Any, rnd: random.Random) -> None:
+async def _cancel_storm(tx: Any, rx: Any, seed: int) -> None:
     """150 bursts of numbered packets, each writer cancelled after a random short
     time, while a reader is cancelled at random (wait_for timeouts); then one burst
-    left alone.  Checks order, uniqueness, integrity and completeness."""
+    left alone.  Checks order, uniqueness, integrity and completeness.
+
+    The reader and the writer draw from generators of their own, so each side's
+    choices repeat with the seed.  How many cancellations land depends on timing,
+    so none is counted: one read and one write are cancelled deterministically
+    first (an empty ring; a burst larger than the ring with nobody reading)."""
+    wrnd, rrnd = random.Random(seed), random.Random(seed + 1)
     got: list[int] = []
     completed: list[range] = []
-    cancelled = {"writes": 0, "reads": 0}
     last: list[int] = []  # the final packet's number, once known
+
+    # deterministic cancellations: nothing is pending, so this read must time out
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(rx.read_burst(4), 0.01)
+    # 30 packets of 5000 bytes need far more slots than the small ring has, and
+    # nobody reads yet, so this write must still be waiting when it is cancelled
+    seq = 30
+    w = asyncio.ensure_future(tx.write_burst([seq_packet(i, 5000) for i in range(seq)]))
+    await asyncio.sleep(0.01)
+    w.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await w
 
     async def reader() -> None:
         while not (last and got and got[-1] == last[0]):
             try:
-                pkts = await asyncio.wait_for(rx.read_burst(rnd.randint(1, 9)),
-                                              rnd.choice((0.0005, 0.001, 0.01)))
+                pkts = await asyncio.wait_for(rx.read_burst(rrnd.randint(1, 9)),
+                                              rrnd.choice((0.0005, 0.001, 0.01)))
             except TimeoutError:
-                cancelled["reads"] += 1
                 continue
             got.extend(map(check_seq_packet, pkts))
 
-    seq = 0
     rtask = asyncio.ensure_future(reader())
     try:
         for _ in range(150):
-            burst = range(seq, seq + rnd.randint(1, 25))
+            burst = range(seq, seq + wrnd.randint(1, 25))
             seq = burst.stop
             w = asyncio.ensure_future(tx.write_burst(
-                [seq_packet(i, rnd.choice((60, 2048, 3000, 5000))) for i in burst]))
-            await asyncio.sleep(rnd.choice((0, 0, 0.0002, 0.001)))
+                [seq_packet(i, wrnd.choice((60, 2048, 3000, 5000))) for i in burst]))
+            await asyncio.sleep(wrnd.choice((0, 0, 0.0002, 0.001)))
             w.cancel()
             try:
                 await w
                 completed.append(burst)
             except asyncio.CancelledError:
-                cancelled["writes"] += 1
+                pass
         final = range(seq, seq + 100)
         last.append(final[-1])
         assert await asyncio.wait_for(tx.write_burst([seq_packet(i) for i in final]), T) == 100
@@ -1334,7 +1349,6 @@ async def _cancel_storm(tx: Any, rx: Any, rnd: random.Random) -> None:
     received = set(got)
     for burst in (*completed, final):
         assert received.issuperset(burst), f"lost packets of burst {burst}"
-    assert cancelled["writes"] > 10 and cancelled["reads"] > 10, cancelled
     assert rx.stats().bad_descriptors == 0
 
 
@@ -1443,14 +1457,13 @@ class TestFaults:
         """Writers and readers cancelled at random points (while waiting for room
         or for packets): every packet published arrives once, intact, in order;
         every burst that completed arrives whole; traffic afterwards is exact."""
-        rnd = random.Random(5)
         mc = MemoryConfig(log2_ring_size=3)
         async with guard_loop(), Socket(sock_path) as sock:
             m = sock.new_interface(Arguments(id=0, is_master=True))
             s = sock.new_interface(Arguments(id=0, is_master=False, memory_config=mc, **FAST))
             await connected(m, s)
             for tx_itf, rx_itf in ((s, m), (m, s)):
-                await _cancel_storm(tx_itf.get_tx_queue(0), rx_itf.get_rx_queue(0), rnd)
+                await _cancel_storm(tx_itf.get_tx_queue(0), rx_itf.get_rx_queue(0), seed=5)
 
     async def test_socket_file_deleted_or_replaced(self, sock_dir: str, no_leaks: None) -> None:
         """Deleting the socket file of a running master does not disturb established
