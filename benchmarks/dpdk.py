@@ -7,7 +7,7 @@ import statistics
 import tempfile
 
 from memif_aio import MemoryConfig, RxMode
-from memif_aio.testpmd import TestPmd, find_testpmd
+from memif_aio.testpmd import PortStats, TestPmd, find_testpmd
 
 from .runner import (
     PEER_CPU,
@@ -57,7 +57,10 @@ async def dpdk_scenarios(settings: Settings, loop_name: str, sizes: list[int],
                     sent0 = itf.get_tx_queue(0).stats().packets
                     vals = await measure_tx(itf, settings, tx_api, 64)
                     sent = itf.get_tx_queue(0).stats().packets - sent0
-                    st = await tp.wait_stats(lambda s, n=sent: s.rx_packets >= n, timeout=10)
+
+                    def all_in(s: PortStats, n: int = sent) -> bool:
+                        return s.rx_packets >= n
+                    st = await tp.wait_stats(all_in, timeout=10)
                 results.append(Result(f"tx-{tx_api}", "dpdk", loop_name, "Mpps",
                                       [v / 1e6 for v in vals],
                                       extra={"sent": sent, "testpmd_rx": st.rx_packets}))
@@ -68,7 +71,7 @@ async def dpdk_scenarios(settings: Settings, loop_name: str, sizes: list[int],
                     vals = await measure_pingpong(itf, settings)
                 results.append(Result(f"pingpong-{mode}", "dpdk", loop_name, "us RTT", vals))
         for size in sizes:
-            if wanted("rx-sizes"):
+            if wanted("rx-burst-size"):
                 # Frames above one 2048-byte buffer: DPDK 22.11's server cannot chain into a
                 # nearly full ring without overrunning it (docs/interop.md), so the receive
                 # side uses buffers as large as the frame and DPDK never chains.
@@ -80,7 +83,7 @@ async def dpdk_scenarios(settings: Settings, loop_name: str, sizes: list[int],
                 results.append(Result("rx-burst-size", "dpdk", loop_name, "Mpps",
                                       [v / 1e6 for v in vals], size=size,
                                       extra={"gbps": statistics.median(vals) * size * 8 / 1e9}))
-            if wanted("tx-sizes"):
+            if wanted("tx-burst-size"):
                 async with _testpmd(path, "rxonly", size) as tp, \
                         our_interface(path, RxMode.INTERRUPT) as itf:
                     await tp.wait_connected(10)

@@ -25,6 +25,8 @@ from typing import Any
 import memif_aio
 from memif_aio import Arguments, MemoryConfig, RxMode, Socket
 
+from . import floors
+
 OUR_CPU = 0
 PEER_CPU = 1
 
@@ -38,6 +40,11 @@ class Result:
     values: list[float]
     size: int = 64
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the floor this row is compared with (a ``floor-*`` scenario of the same run and loop)
+    floor: str | None = None
+    #: median / the floor's median: a rate's share of its floor (higher is better), or a
+    #: round trip's multiple of its floor (lower is better)
+    ratio: float | None = None
 
     @property
     def median(self) -> float:
@@ -54,6 +61,72 @@ def frame(size: int) -> bytes:
     hdr = bytes.fromhex("020000000002" "020000000001" "0800")
     body = bytes((i * 7) & 0xFF for i in range(max(0, size - len(hdr))))
     return (hdr + body)[:size]
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario names (as the table prints them)
+# --------------------------------------------------------------------------------------------
+#: scenario -> the floor it is reported against (``*-size`` rows: the floor at the same size)
+FLOOR_OF = {
+    "rx-burst": "floor-rx", "rx-single": "floor-rx", "rx-lease": "floor-rx",
+    "tx-burst": "floor-tx", "tx-single": "floor-tx", "tx-reserve": "floor-tx",
+    "pingpong-interrupt": "floor-interrupt", "pingpong-busy-poll": "floor-busy-poll",
+    "rx-burst-size": "floor-rx-size", "tx-burst-size": "floor-tx-size",
+}
+FLOORS = ("floor-rx", "floor-tx", "floor-busy-poll", "floor-interrupt", "floor-rx-size",
+          "floor-tx-size")
+SCENARIOS = (*FLOOR_OF, *FLOORS)
+#: older names accepted by ``--only``
+ALIASES = {"rx-sizes": "rx-burst-size", "tx-sizes": "tx-burst-size"}
+
+
+def resolve_only(text: str) -> set[str]:
+    """``--only a,b``: the scenario names, aliases resolved; ValueError names the valid ones."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = sorted(n for n in names if n not in SCENARIOS and n not in ALIASES)
+    if unknown or not names:
+        valid = ", ".join([*SCENARIOS, *ALIASES])
+        what = f"unknown scenario(s): {', '.join(unknown)}" if unknown else "no scenario named"
+        raise ValueError(f"{what}; valid names: {valid}")
+    return {ALIASES.get(n, n) for n in names}
+
+
+def floors_needed(only: set[str] | None) -> set[str]:
+    """The floors the selected scenarios are compared with, plus floors selected by name."""
+    if only is None:
+        return set(FLOORS)
+    need = {n for n in only if n in FLOORS}
+    for n in only:
+        if n in FLOOR_OF:
+            need.add(FLOOR_OF[n])
+            if n.endswith("-size"):  # the 64-byte point of a size sweep is the headline floor
+                need.add(FLOOR_OF[n].removesuffix("-size"))
+    return need
+
+
+def floor_key(r: Result) -> tuple[str, int]:
+    """The ``(floor scenario, size)`` a row is compared with (a floor: itself)."""
+    if r.scenario in FLOORS:
+        if r.scenario.endswith("-size"):
+            return (r.scenario.removesuffix("-size"), r.size) if r.size == 64 else \
+                (r.scenario, r.size)
+        return r.scenario, r.size
+    name = FLOOR_OF[r.scenario]
+    if name.endswith("-size") and r.size == 64:
+        name = name.removesuffix("-size")
+    return name, r.size
+
+
+def attach_ratios(results: list[Result], floors: list[Result]) -> None:
+    """Set ``floor`` and ``ratio`` of every row that has a floor among ``floors``."""
+    by_key = {floor_key(f): f for f in floors}
+    for r in results:
+        if r.scenario in FLOORS:
+            continue
+        f = by_key.get(floor_key(r))
+        if f is not None and f.median:
+            r.floor = f.scenario
+            r.ratio = r.median / f.median
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,8 +293,8 @@ async def python_scenarios(settings: Settings, loop_name: str, sizes: list[int],
                     vals = await measure_rx(itf, settings, api)
                 results.append(Result(f"rx-{api}", "python", loop_name, "Mpps",
                                       [v / 1e6 for v in vals]))
-            if wanted(f"tx-{api}"):
-                tx_api = "reserve" if api == "lease" else api
+            tx_api = "reserve" if api == "lease" else api
+            if wanted(f"tx-{tx_api}"):
                 async with PythonPeer(path, "sink", uvloop=uv) as peer, \
                         our_interface(path, RxMode.INTERRUPT) as itf:
                     await peer.ready()
@@ -235,13 +308,62 @@ async def python_scenarios(settings: Settings, loop_name: str, sizes: list[int],
                     await peer.ready()
                     vals = await measure_pingpong(itf, settings)
                 results.append(Result(f"pingpong-{mode}", "python", loop_name, "us RTT", vals))
-        if wanted("rx-sizes"):
-            for size in sizes:
+        for size in sizes:
+            if wanted("rx-burst-size"):
                 async with PythonPeer(path, "blast", size=size, uvloop=uv) as peer, \
                         our_interface(path, RxMode.INTERRUPT) as itf:
                     await peer.ready()
                     vals = await measure_rx(itf, settings, "burst")
                 results.append(Result("rx-burst-size", "python", loop_name, "Mpps",
+                                      [v / 1e6 for v in vals], size=size,
+                                      extra={"gbps": statistics.median(vals) * size * 8 / 1e9}))
+            if wanted("tx-burst-size"):
+                async with PythonPeer(path, "sink", uvloop=uv) as peer, \
+                        our_interface(path, RxMode.INTERRUPT) as itf:
+                    await peer.ready()
+                    vals = await measure_tx(itf, settings, "burst", size)
+                results.append(Result("tx-burst-size", "python", loop_name, "Mpps",
+                                      [v / 1e6 for v in vals], size=size,
+                                      extra={"gbps": statistics.median(vals) * size * 8 / 1e9}))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Floors (benchmarks/floors.py): no memif_aio, no peer library, same timing machinery
+# --------------------------------------------------------------------------------------------
+async def measure_floor_rate(settings: Settings, direction: str, size: int) -> list[float]:
+    """Packets per second of the rx or tx floor at ``size``, per window (as ``_rate``)."""
+    with floors.ring(size) as rg:
+        sync_step = floors.make_rx_step(rg) if direction == "rx" else floors.make_tx_step(rg)
+
+        async def step() -> int:
+            return sync_step()
+        return await _rate(settings, step)
+
+
+async def floor_scenarios(settings: Settings, loop_name: str, sizes: list[int],
+                          need: set[str]) -> list[Result]:
+    """The floors in ``need``, on the running loop (``loop_name``); peer ``-``: no library."""
+    results: list[Result] = []
+    uv = loop_name == "uvloop"
+    for direction in ("rx", "tx"):
+        if f"floor-{direction}" in need:
+            vals = await measure_floor_rate(settings, direction, 64)
+            results.append(Result(f"floor-{direction}", "-", loop_name, "Mpps",
+                                  [v / 1e6 for v in vals]))
+    if "floor-interrupt" in need:
+        vals = await floors.interrupt_rtts(settings.pingpongs, uv, PEER_CPU)
+        results.append(Result("floor-interrupt", "-", loop_name, "us RTT", vals))
+    if "floor-busy-poll" in need:
+        vals = await floors.busy_poll_rtts(settings.pingpongs, uv, PEER_CPU)
+        results.append(Result("floor-busy-poll", "-", loop_name, "us RTT", vals))
+    for direction in ("rx", "tx"):
+        if f"floor-{direction}-size" in need:
+            for size in sizes:
+                if size == 64:
+                    continue  # that point is floor-rx / floor-tx
+                vals = await measure_floor_rate(settings, direction, size)
+                results.append(Result(f"floor-{direction}-size", "-", loop_name, "Mpps",
                                       [v / 1e6 for v in vals], size=size,
                                       extra={"gbps": statistics.median(vals) * size * 8 / 1e9}))
     return results
@@ -268,11 +390,13 @@ def machine_info(loops: list[str]) -> dict[str, Any]:
 
 
 def table(results: list[Result]) -> str:
+    """One line per row; ``ratio`` is the median over the median of the row's floor."""
     head = f"{'scenario':24} {'peer':7} {'loop':8} {'size':>5} {'median':>10} {'min':>10} " \
-           f"{'max':>10}  unit"
+           f"{'max':>10} {'ratio':>6}  unit"
     lines = [head, "-" * len(head)]
     for r in results:
         extra = f"  ({r.extra['gbps']:.2f} Gbit/s)" if "gbps" in r.extra else ""
+        ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
         lines.append(f"{r.scenario:24} {r.peer:7} {r.loop:8} {r.size:5d} {r.median:10.3f} "
-                     f"{min(r.values):10.3f} {max(r.values):10.3f}  {r.unit}{extra}")
+                     f"{min(r.values):10.3f} {max(r.values):10.3f} {ratio}  {r.unit}{extra}")
     return "\n".join(lines)
