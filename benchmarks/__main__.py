@@ -114,11 +114,15 @@ def _run_on(loop_name: str, make: Callable[[], Awaitable[list[Result]]]) -> list
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     if ns.sources:
-        from .plot import load, plot
+        from .plot import PlotInputError, load, plot
 
         rows: list[dict[str, Any]] = []
         for src in ns.sources:
-            rows += load(src)
+            try:
+                rows += load(src)
+            except (OSError, PlotInputError) as exc:
+                print(f"python -m benchmarks: error: --from: {exc}", file=sys.stderr)
+                return 2
         drawn = plot(rows, ns.plot, title=", ".join(os.path.basename(s) for s in ns.sources))
         print(f"{ns.plot}: {len(drawn)} series from {len(rows)} rows")
         return 0

@@ -6,7 +6,7 @@ in busy-poll mode (one curve per peer and loop, the floors dashed).
 
 Input rows are those of the runner's JSON (``results``), or ``memif-aio bench --json``
 summaries (one JSON object per line, or a list of them), which become throughput points: a
-``tx`` run a transmit point, an ``rx`` run a receive point, at its ``--size``.
+``tx`` run a transmit point, an ``rx`` run a receive point, at its mean frame size.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ def _bench_row(obj: dict[str, Any], src: str) -> dict[str, Any] | None:
     if mode not in ("rx", "tx") or not obj.get("packets") or not obj.get("seconds"):
         return None
     mpps = float(obj["pps"]) / 1e6
+    # an rx summary's "size" is the --size option, not what arrived: use the mean frame size
+    size = round(int(obj["bytes"]) / int(obj["packets"])) if obj.get("bytes") else \
+        int(obj["size"])
     return {"scenario": f"{mode}-burst-size", "peer": f"memif-aio bench ({obj.get('role')})",
-            "loop": "-", "unit": "Mpps", "size": int(obj["size"]), "values": [mpps],
+            "loop": "-", "unit": "Mpps", "size": size, "values": [mpps],
             "median": mpps, "min": mpps, "max": mpps, "extra": {"source": src}}
 
 
