@@ -127,11 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ns.plot}: {len(drawn)} series from {len(rows)} rows")
         return 0
     os.sched_setaffinity(0, {0})
+    load_before = os.getloadavg()
     results = run_all(ns)
     loops = sorted({r.loop for r in results}, key=["asyncio", "uvloop"].index)
     info = machine_info(loops)
+    # what else ran: a loaded machine moves every row, and two-process rows more than floors
+    info["loadavg_before"] = [round(x, 2) for x in load_before]
+    info["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print(f"# {info['cpu']} ({info['cores']} cores), Python {info['python']}, "
-          f"memif_aio {info['memif_aio']}, DPDK {info['dpdk'] or '-'}")
+          f"memif_aio {info['memif_aio']}, DPDK {info['dpdk'] or '-'}, load average "
+          f"{info['loadavg_before'][0]:.2f} before, {info['loadavg_after'][0]:.2f} after")
     print(table(results))
     settings = {k: v for k, v in vars(ns).items() if k not in ("only_names", "size_list")}
     doc: dict[str, Any] = {"machine": info, "settings": settings,

@@ -12,6 +12,7 @@ summaries (one JSON object per line, or a list of them), which become throughput
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -133,8 +134,10 @@ def plot(rows: list[dict[str, Any]], path: str, title: str = "") -> list[tuple[s
         return colours.setdefault(key, palette[len(colours) % len(palette)])
 
     def style(label: str) -> str:
-        return "--" if label.startswith("floor") else \
-            (":" if label.endswith("asyncio") else "-")
+        """uvloop solid, asyncio dotted; floors dashed (uvloop) or dash-dotted (asyncio)."""
+        if label.startswith("floor"):
+            return "-." if label.endswith("asyncio") else "--"
+        return ":" if label.endswith("asyncio") else "-"
 
     for ax, (direction, name) in zip(axes[0], RATE_PANELS):
         series = rate_series(rows, direction)
@@ -178,7 +181,9 @@ def plot(rows: list[dict[str, Any]], path: str, title: str = "") -> list[tuple[s
             x_lo = min(v[0] for v in curves.values())
             x_hi = max(v[min(len(v) - 1, int(len(v) * 0.999))] for v in curves.values())
             ax.set_xlim(x_lo / 1.2, x_hi * 1.2)
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            decades = math.log10(x_hi * 1.2) - math.log10(x_lo / 1.2)
+            subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_ylim(0, 1.01)
