@@ -47,3 +47,47 @@ class WouldBlock(MemifError):
 
 class PacketTooLarge(MemifError, ValueError):
     """A packet does not fit the ring even with every slot chained."""
+
+
+class ListenerError(MemifError):
+    """Something happened to a socket's listener in the background.
+
+    Never raised to a caller: reported through the socket's background-error path (logged,
+    at most one line per kind every few seconds, with a count of the ones not logged).
+    """
+
+
+class AcceptFailed(ListenerError):
+    """``accept()`` failed (``errno``; EMFILE/ENFILE/ENOBUFS/ENOMEM when the process or the
+    system is out of resources).  The listener stops reading and retries in ``retry_in``
+    seconds, doubling up to 1 s, so a full fd table costs no CPU; free fds (or raise
+    ``RLIMIT_NOFILE``) and it serves again by itself."""
+
+    def __init__(self, message: str, errno: int | None, retry_in: float) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.retry_in = retry_in
+
+
+class ListenerLost(ListenerError):
+    """The listener's socket file was deleted or replaced (``path``).
+
+    ``recreated`` is True when a new listener now serves ``path`` again; False when it could
+    not be re-created (the path belongs to someone else now, or bind failed): new slaves
+    cannot reach this socket until the path is free again, which is re-checked every second.
+    Established links are not affected either way."""
+
+    def __init__(self, message: str, path: str, recreated: bool) -> None:
+        super().__init__(message)
+        self.path = path
+        self.recreated = recreated
+
+
+class ConnectionEvicted(ListenerError):
+    """A connection that had not sent INIT yet was closed to make room for a new one
+    (too many connections waiting for INIT on the socket, or from one uid).
+    ``credentials`` is the evicted peer's ``PeerCredentials`` (or None)."""
+
+    def __init__(self, message: str, credentials: object) -> None:
+        super().__init__(message)
+        self.credentials = credentials

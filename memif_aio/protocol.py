@@ -256,11 +256,68 @@ class ServerTarget(Protocol):
     def require_seal(self) -> bool: ...
 
 
+#: Regions one connection may add before CONNECT (a policy below the wire's 256).  Copy-mode
+#: clients add 1 (VPP, DPDK, gomemif, memif_aio) or 2 (libmemif); zero-copy clients add region 0
+#: plus one per buffer pool (VPP) or memseg list in use (DPDK), "typically 2 to 3" (§8.1, §8.2).
+DEFAULT_MAX_REGIONS = 16
+#: What a received region costs in fds while it is mapped: our fd and the mapping's own
+#: (Python's ``mmap`` keeps a dup of the fd).  Charged in full even once the region fd is
+#: released, so the bound holds whatever ``memory.py`` keeps open.
+REGION_FDS = 2
+
+
+class HandshakeBudget:
+    """What every connection of one socket that has not reached CONNECT may make us hold,
+    together: fds (regions and ring eventfds) and bytes of mapped regions.
+
+    Pure bookkeeping shared by the :class:`ServerHandshake` machines of a socket: a machine
+    charges a region or a ring before it keeps it and gives everything back when it is
+    established (the link owns the resources from then on) or torn down.
+    """
+
+    def __init__(self, max_fds: int, max_bytes: int) -> None:
+        if max_fds < 0 or max_bytes < 0:
+            raise ValueError("handshake budget limits must not be negative")
+        self.max_fds = max_fds
+        self.max_bytes = max_bytes
+        self.fds = 0
+        self.bytes = 0
+
+    def refusal(self, fds: int, nbytes: int = 0) -> str | None:
+        """Why ``fds`` more fds and ``nbytes`` more bytes cannot be taken (None: they can)."""
+        if self.fds + fds > self.max_fds:
+            return "too many file descriptors held by handshakes in progress"
+        if self.bytes + nbytes > self.max_bytes:
+            return "too much memory mapped by handshakes in progress"
+        return None
+
+    def take(self, fds: int, nbytes: int = 0) -> None:
+        self.fds += fds
+        self.bytes += nbytes
+
+    def give(self, fds: int, nbytes: int = 0) -> None:
+        self.fds -= fds
+        self.bytes -= nbytes
+        assert self.fds >= 0 and self.bytes >= 0, "handshake budget given back twice"
+
+
+def _unbounded_budget() -> HandshakeBudget:
+    return HandshakeBudget(1 << 62, 1 << 62)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
+    """The server machines' policy; one per socket (``budget`` is shared by its machines)."""
+
     app_name: bytes = b"memif_aio"
     lookup: Callable[[int], ServerTarget | None] = lambda _id: None
     max_total_region_size: int = 1 << 34  # 16 GiB of mappings per connection
+    max_regions: int = DEFAULT_MAX_REGIONS  # per connection, 1..MAX_REGION_INDEX + 1
+    budget: HandshakeBudget = field(default_factory=_unbounded_budget)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_regions <= MAX_REGION_INDEX + 1:
+            raise ValueError(f"max_regions must be in 1..{MAX_REGION_INDEX + 1}")
 
 
 class ServerState(enum.Enum):
@@ -286,16 +343,36 @@ class ServerHandshake(_Machine):
         self._rings: dict[RingType, list[tuple[MsgAddRing, int]]] = {RingType.S2M: [],
                                                                       RingType.M2S: []}
         self._spans: list[tuple[int, int, int]] = []  # (region, start, end) of accepted rings
+        self._charged_fds = 0  # what this connection holds of config.budget
+        self._charged_bytes = 0
 
     def start(self) -> list[Output]:
         """Right after accept(): send HELLO."""
+        # max_region stays the reference's 255 (its test vector, §14) even when max_regions is
+        # lower: no client reads it (§5.2), and a refusal names the limit ("too many regions")
         return [SendMessage(MsgHello(self.config.app_name, VERSION, VERSION, MAX_REGION_INDEX,
                                      MAX_RING_INDEX, MAX_RING_INDEX,
                                      MAX_LOG2_RING_SIZE).encode())]
 
+    def _charge(self, fds: int, nbytes: int = 0) -> None:
+        """Take ``fds`` and ``nbytes`` from the socket's handshake budget, or refuse."""
+        budget = self.config.budget
+        refusal = budget.refusal(fds, nbytes)
+        if refusal is not None:
+            raise ProtocolViolation(refusal)
+        budget.take(fds, nbytes)
+        self._charged_fds += fds
+        self._charged_bytes += nbytes
+
+    def _uncharge(self) -> None:
+        self.config.budget.give(self._charged_fds, self._charged_bytes)
+        self._charged_fds = self._charged_bytes = 0
+
     def _teardown(self, reason: str, by_peer: bool) -> list[Output]:
         self.state = ServerState.CLOSED
-        return super()._teardown(reason, by_peer)
+        out = super()._teardown(reason, by_peer)
+        self._uncharge()  # (after an Established hand-over there is nothing left to give)
+        return out
 
     def _handle(self, msg: object, fd: int | None) -> list[Output]:
         if self.state is ServerState.CONNECTED:
@@ -341,12 +418,16 @@ class ServerHandshake(_Machine):
             raise ProtocolViolation("missing memory region fd")
         if msg.index != len(self._regions):
             raise ProtocolViolation("unexpected region index")
-        if msg.index > MAX_REGION_INDEX:
+        if msg.index >= self.config.max_regions:
             raise ProtocolViolation("too many regions")
         if self._total_size + msg.size > self.config.max_total_region_size:
             raise ProtocolViolation("regions too large")
+        refusal = self.config.budget.refusal(REGION_FDS, msg.size)
+        if refusal is not None:
+            raise ProtocolViolation(refusal)
         region = Region.map_peer(fd, msg.size, require_seal=self._require_seal)
         self._pending_fd = None  # the region owns it now
+        self._charge(REGION_FDS, msg.size)  # cannot fail: checked above, nothing ran between
         self._total_size += msg.size
         self._regions.append(region)
         return [SendMessage(MsgAck().encode())]
@@ -354,6 +435,7 @@ class ServerHandshake(_Machine):
     def _on_add_ring(self, msg: MsgAddRing, fd: int | None) -> list[Output]:
         if fd is None:
             raise ProtocolViolation("missing ring interrupt fd")
+        self._charge(1)  # refused: receive() closes the fd (still the pending one)
         self._held_fds.append(fd)  # owned from here on; closed at teardown
         self._pending_fd = None
         if not is_eventfd(fd):
@@ -410,6 +492,7 @@ class ServerHandshake(_Machine):
             peer_name=self.peer_name, peer_if_name=msg.if_name,
             log2_ring_size=first.log2_ring_size, buffer_size=bsize)
         self._held_fds = []
+        self._uncharge()  # the link owns them now: no longer what an unconnected peer holds
         self.established = True
         self.state = ServerState.CONNECTED
         return [Established(session), SendMessage(MsgConnected(self._if_name).encode())]

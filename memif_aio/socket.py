@@ -6,18 +6,46 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import socket as _socket
 import stat
 import struct
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import DEFAULT_SOCKET_FILENAME, Arguments
-from .errors import MemifError
+from .errors import AcceptFailed, ConnectionEvicted, ListenerLost, MemifError
 from .interface import ControlChannel, Interface
-from .protocol import ServerConfig, ServerHandshake
+from .protocol import DEFAULT_MAX_REGIONS, HandshakeBudget, ServerConfig, ServerHandshake
+from .transport import SeqpacketTransport
 
 log = logging.getLogger("memif_aio")
+
+# --- listener policy (docs/security.md, "Bounds and policies") --------------------------------
+#: accept() errnos that concern one connection only (it died in the backlog): skip it
+_SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+#: after a failed accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) the listener is not read for
+#: this long, doubling on every failure up to ACCEPT_RETRY_MAX, back to the minimum on success
+ACCEPT_RETRY_MIN = 0.01
+ACCEPT_RETRY_MAX = 1.0
+#: how often a listening socket checks that its file is still its own (st_dev, st_ino)
+LISTENER_CHECK_INTERVAL = 1.0
+#: a connection waiting for INIT is never evicted before it is this old (at most half the
+#: pre-INIT timeout): a new connection waits in the kernel's backlog instead
+EVICTION_GRACE = 0.25
+#: at most one log line per kind of background error in this many seconds
+BACKGROUND_LOG_INTERVAL = 10.0
+#: default of Socket(init_timeout=...): seconds a connection may take to send INIT
+DEFAULT_INIT_TIMEOUT = 2.0
+
+
+def default_handshake_fds() -> int:
+    """A quarter of the soft ``RLIMIT_NOFILE`` (256 with the usual 1024), at least 64."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return 1 << 20
+    return max(64, soft // 4)
 
 
 @dataclass(frozen=True)
@@ -36,6 +64,17 @@ def peer_credentials(sock: _socket.socket) -> PeerCredentials | None:
     except OSError:
         return None
     return PeerCredentials(*struct.unpack("3i", raw))
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A connection waiting for INIT (the listener's bookkeeping)."""
+
+    channel: ControlChannel
+    uid: int | None
+    creds: PeerCredentials | None
+    since: float  #: loop.time() of accept
+    timer: asyncio.TimerHandle | None = field(default=None)
 
 
 def socket_address(filename: str) -> str:
@@ -67,7 +106,17 @@ class Socket:
 
     ``socket_mode`` / ``socket_owner`` (uid, gid) set the permissions of a
     listener file we create; ``handshake_timeout`` bounds unauthenticated
-    connections and ``max_pending`` how many may wait at once.
+    connections and ``init_timeout`` the time they may take to send INIT.
+    ``max_pending`` connections may wait for INIT at once, ``max_pending_per_uid``
+    of them from one uid (half of ``max_pending`` by default); past that the oldest
+    one (of that uid, or of all) is evicted.  ``max_regions`` and
+    ``max_total_region_size`` bound what one connection may map;
+    ``max_handshake_fds`` and ``max_handshake_memory`` what all connections that
+    have not reached CONNECT may hold together (a quarter of the soft
+    RLIMIT_NOFILE, and ``max_total_region_size``, by default).  docs/security.md
+    lists every bound.  A listener whose socket file is deleted binds a new one
+    at the same path (checked every second); background errors are typed
+    (:class:`~memif_aio.errors.ListenerError`) and logged, rate-limited.
 
     ``accept_filter(creds)`` sees the :class:`PeerCredentials` (pid, uid, gid, from
     ``SO_PEERCRED``) of every process that connects to a listener and may refuse it
@@ -81,24 +130,51 @@ class Socket:
                  socket_owner: tuple[int, int] | None = None,
                  handshake_timeout: float = 10.0, max_pending: int = 64,
                  max_total_region_size: int = 1 << 34,
-                 accept_filter: Callable[[PeerCredentials], bool] | None = None) -> None:
+                 accept_filter: Callable[[PeerCredentials], bool] | None = None,
+                 init_timeout: float = DEFAULT_INIT_TIMEOUT,
+                 max_pending_per_uid: int | None = None,
+                 max_regions: int = DEFAULT_MAX_REGIONS,
+                 max_handshake_fds: int | None = None,
+                 max_handshake_memory: int | None = None) -> None:
         self._filename = filename
         self._address = socket_address(filename)
         raw = app_name.encode("utf-8")
         if len(raw) > 31 or b"\0" in raw:
             raise ValueError("app_name must be at most 31 UTF-8 bytes without NUL")
+        for name, value in (("handshake_timeout", handshake_timeout),
+                            ("init_timeout", init_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        per_uid = max(1, max_pending // 2) if max_pending_per_uid is None else max_pending_per_uid
+        for name, n in (("max_pending", max_pending), ("max_pending_per_uid", per_uid)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive integer")
         self._app_name = raw
         self._socket_mode = socket_mode
         self._socket_owner = socket_owner
         self._handshake_timeout = handshake_timeout
+        self._init_timeout = min(init_timeout, handshake_timeout)
+        self._eviction_grace = min(EVICTION_GRACE, self._init_timeout / 2)
         self._max_pending = max_pending
+        self._max_pending_per_uid = min(per_uid, max_pending)
         self._accept_filter = accept_filter
+        budget = HandshakeBudget(
+            default_handshake_fds() if max_handshake_fds is None else max_handshake_fds,
+            max_total_region_size if max_handshake_memory is None else max_handshake_memory)
         self._server_config = ServerConfig(app_name=raw, lookup=self._lookup,
-                                           max_total_region_size=max_total_region_size)
+                                           max_total_region_size=max_total_region_size,
+                                           max_regions=max_regions, budget=budget)
         self._interfaces: dict[tuple[bool, int], Interface] = {}
         self._listener: _socket.socket | None = None
         self._listener_inode: tuple[int, int] | None = None
-        self._pending: set[ControlChannel] = set()
+        # connections waiting for INIT, oldest first (dicts keep insertion order)
+        self._pending: dict[ControlChannel, _Pending] = {}
+        self._parked: tuple[_socket.socket, PeerCredentials | None] | None = None
+        self._listener_timer: asyncio.Handle | None = None  # listener paused until it fires
+        self._accept_failures = 0
+        self._check_timer: asyncio.TimerHandle | None = None
+        self._foreign_inode: tuple[int, int] | None = None  # what we last reported at our path
+        self._error_log: dict[str, list[float]] = {}  # kind -> [last logged, not logged since]
         self._server_channels: set[ControlChannel] = set()
         self._polling = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +241,7 @@ class Socket:
         for itf in list(self._interfaces.values()):
             await itf._shutdown("socket stopped polling")
             itf._paused = False  # start_polling() brings slaves back
+        self._flush_error_log()
 
     async def delete(self) -> None:
         """Delete every interface (DISCONNECT "interface deleted"), close and remove the socket."""
@@ -174,6 +251,7 @@ class Socket:
         for ch in list(self._pending):
             ch.close("socket deleted")
         self._close_listener()
+        self._flush_error_log()
         await asyncio.sleep(0)  # let transports deliver connection_lost
 
     async def __aenter__(self) -> Socket:
@@ -184,22 +262,32 @@ class Socket:
         await self.delete()
 
     # --- listener -----------------------------------------------------------------------
+    # The listener is read (add_reader) except while paused: after accept() failed (backoff,
+    # item 3 of issue 9) or while a new connection is parked because every connection it
+    # could evict is still in its grace period.  A slow timer checks that the socket file is
+    # still ours and re-creates the listener when it is gone.
     def _ensure_listener(self) -> None:
         if self._listener is None:
-            self._listener = self._bind()
+            self._listener, self._listener_inode = self._bind()
+            log.debug("listening on %s", self._filename)
         self._watch_listener()
 
     def _watch_listener(self) -> None:
         assert self._listener is not None
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        loop.add_reader(self._listener.fileno(), self._accept_ready)
+        if self._listener_timer is None:  # paused: the timer resumes reading
+            loop.add_reader(self._listener.fileno(), self._accept_ready)
+        if self._listener_inode is not None and self._check_timer is None:
+            self._check_timer = loop.call_later(LISTENER_CHECK_INTERVAL, self._check_listener)
 
-    def _bind(self) -> _socket.socket:
+    def _bind(self) -> tuple[_socket.socket, tuple[int, int] | None]:
+        """A new listening socket at our address, and the inode of its file (None: abstract)."""
         addr = self._address
         if not addr.startswith("\0"):
             self._remove_stale(addr)
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        inode: tuple[int, int] | None = None
         try:
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
             try:
@@ -208,7 +296,7 @@ class Socket:
                 raise MemifError(self._bind_error(exc)) from None
             if not addr.startswith("\0"):
                 st = os.stat(addr)
-                self._listener_inode = (st.st_dev, st.st_ino)
+                inode = (st.st_dev, st.st_ino)
                 if self._socket_mode is not None:
                     os.chmod(addr, self._socket_mode)
                 if self._socket_owner is not None:
@@ -217,9 +305,10 @@ class Socket:
             sock.setblocking(False)
         except BaseException:
             sock.close()
+            if inode is not None:
+                self._unlink_if_ours(inode)
             raise
-        log.debug("listening on %s", self._filename)
-        return sock
+        return sock, inode
 
     def _bind_error(self, exc: OSError) -> str:
         addr = self._address
@@ -255,67 +344,249 @@ class Socket:
             probe.close()
         raise MemifError(f"{path} is in use by a live listener (another process serves it)")
 
-    def _close_listener(self) -> None:
-        sock = self._listener
-        if sock is None:
-            return
-        self._listener = None
+    def _unlink_if_ours(self, inode: tuple[int, int]) -> None:
+        """Remove our socket file, never someone else's replacement (same st_dev/st_ino)."""
+        try:
+            st = os.lstat(self._address)
+            if (st.st_dev, st.st_ino) == inode:
+                os.unlink(self._address)
+        except OSError:
+            pass
+
+    def _stop_reading(self, sock: _socket.socket) -> None:
         if self._loop is not None:
             try:
                 self._loop.remove_reader(sock.fileno())
             except (ValueError, OSError):
                 pass
+
+    def _close_listener(self) -> None:
+        for timer in (self._listener_timer, self._check_timer):
+            if timer is not None:
+                timer.cancel()
+        self._listener_timer = self._check_timer = None
+        self._accept_failures = 0
+        self._foreign_inode = None
+        if self._parked is not None:
+            self._parked[0].close()
+            self._parked = None
+        sock = self._listener
+        if sock is None:
+            return
+        self._listener = None
+        self._stop_reading(sock)
         sock.close()
         inode = self._listener_inode
         self._listener_inode = None
         if inode is not None:
-            try:
-                st = os.lstat(self._address)
-                if (st.st_dev, st.st_ino) == inode:  # never remove someone else's replacement
-                    os.unlink(self._address)
-            except OSError:
-                pass
+            self._unlink_if_ours(inode)
 
+    # --- listener: pausing (accept backoff, eviction grace) ------------------------------
+    def _pause_listener(self, delay: float) -> None:
+        loop = self._loop
+        assert loop is not None and self._listener is not None
+        if self._listener_timer is not None:
+            self._listener_timer.cancel()
+        else:
+            self._stop_reading(self._listener)
+        self._listener_timer = loop.call_later(delay, self._resume_listener)
+
+    def _resume_listener(self) -> None:
+        self._listener_timer = None
+        if self._listener is None:
+            return
+        parked, self._parked = self._parked, None
+        if parked is not None and not self._admit(*parked):
+            return  # still no room: parked and paused again
+        self._watch_listener()
+
+    # --- listener: accepting ----------------------------------------------------------------
     def _accept_ready(self) -> None:
         listener = self._listener
-        if listener is None:
+        if listener is None or self._listener_timer is not None:
             return
-        loop = self._loop
-        assert loop is not None
         for _ in range(16):
             try:
                 conn, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept on %s failed: %s", self._filename, exc)
+                if exc.errno in _SKIP_ERRNOS:
+                    continue
+                self._accept_failed(exc)
                 return
-            if len(self._pending) >= self._max_pending:
-                log.warning("%s: too many pending handshakes, dropping a connection",
-                            self._filename)
-                conn.close()
-                continue
+            self._accept_failures = 0
             creds = peer_credentials(conn)
             log.debug("%s: connection from %s", self._filename, creds)
-            if self._accept_filter is not None:
-                try:  # no credentials, nothing to vouch for the peer: refuse
-                    allowed = creds is not None and bool(self._accept_filter(creds))
-                except Exception:
-                    log.exception("%s: accept_filter failed; refusing the connection",
-                                  self._filename)
-                    allowed = False
-                if not allowed:
-                    log.warning("%s: accept_filter refused a connection from %s",
-                                self._filename, creds)
-                    conn.close()
-                    continue
-            from .transport import SeqpacketTransport
+            if not self._allowed(creds):
+                conn.close()
+                continue
+            if not self._admit(conn, creds):
+                return  # parked: the listener is paused
 
-            channel = ControlChannel(ServerHandshake(self._server_config), self,
-                                     self._handshake_timeout)
-            channel.peer_credentials = creds
-            self._pending.add(channel)
-            SeqpacketTransport(loop, conn, channel)
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept() failed (out of fds or memory, most likely): stop reading the listener,
+        which stays readable and would make the loop spin, and retry with backoff."""
+        delay = min(ACCEPT_RETRY_MAX, ACCEPT_RETRY_MIN * 2 ** self._accept_failures)
+        self._accept_failures += 1
+        self._pause_listener(delay)
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        self._background_error(AcceptFailed(
+            f"accept on {self._filename} failed: {exc.strerror or exc} ({name}); not accepting "
+            f"for {delay:.2g} s (retrying with backoff up to {ACCEPT_RETRY_MAX:g} s)",
+            exc.errno, delay))
+
+    def _allowed(self, creds: PeerCredentials | None) -> bool:
+        if self._accept_filter is None:
+            return True
+        try:  # no credentials, nothing to vouch for the peer: refuse
+            allowed = creds is not None and bool(self._accept_filter(creds))
+        except Exception:
+            log.exception("%s: accept_filter failed; refusing the connection", self._filename)
+            allowed = False
+        if not allowed:
+            log.warning("%s: accept_filter refused a connection from %s", self._filename, creds)
+        return allowed
+
+    def _admit(self, conn: _socket.socket, creds: PeerCredentials | None) -> bool:
+        """Give ``conn`` a pending slot, evicting the oldest connection still waiting for INIT
+        (of the same uid when that uid is at ``max_pending_per_uid``, else of all when
+        ``max_pending`` are waiting).  A connection is never evicted in its grace period:
+        then ``conn`` is parked, the listener paused until the grace period ends, and False
+        returned (later connections queue in the kernel's backlog, in order)."""
+        loop = self._loop
+        assert loop is not None
+        uid = creds.uid if creds is not None else None
+        victim: _Pending | None = None
+        same = [p for p in self._pending.values() if p.uid == uid]
+        if len(same) >= self._max_pending_per_uid:
+            victim, limit = same[0], f"{self._max_pending_per_uid} per uid"
+        elif len(self._pending) >= self._max_pending:
+            victim, limit = next(iter(self._pending.values())), f"{self._max_pending} in all"
+        now = loop.time()
+        if victim is not None:
+            wait = self._eviction_grace - (now - victim.since)
+            if wait > 0:
+                self._parked = (conn, creds)
+                self._pause_listener(wait)
+                return False
+            self._evict(victim, now, limit)
+        channel = ControlChannel(ServerHandshake(self._server_config), self,
+                                 self._handshake_timeout)
+        channel.peer_credentials = creds
+        pending = _Pending(channel, uid, creds, now)
+        self._pending[channel] = pending
+        if self._init_timeout < self._handshake_timeout:
+            pending.timer = loop.call_later(self._init_timeout, self._init_timed_out, channel)
+        SeqpacketTransport(loop, conn, channel)
+        return True
+
+    def _evict(self, victim: _Pending, now: float, limit: str) -> None:
+        victim.channel.close("evicted: too many connections waiting for INIT")
+        self._background_error(ConnectionEvicted(
+            f"{self._filename}: closed a connection from {victim.creds} that sent no INIT in "
+            f"{now - victim.since:.2f} s, to admit a new one (at most {limit} may wait for "
+            "INIT)", victim.creds))
+
+    def _init_timed_out(self, channel: ControlChannel) -> None:
+        pending = self._pending.get(channel)
+        if pending is not None:
+            pending.timer = None
+            channel.close("handshake timeout (no INIT)")
+
+    def _unpend(self, channel: ControlChannel) -> None:
+        """``channel`` no longer waits for INIT (INIT accepted, or the connection ended)."""
+        pending = self._pending.pop(channel, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if self._parked is not None and self._listener_timer is not None and self._loop:
+            # a slot is free: admit the parked connection now, not at the end of the grace
+            self._listener_timer.cancel()
+            self._listener_timer = self._loop.call_soon(self._resume_listener)
+
+    # --- listener: is the socket file still ours? ---------------------------------------------
+    def _check_listener(self) -> None:
+        """Every LISTENER_CHECK_INTERVAL while listening on a path: lstat it and compare with
+        the inode we bound.  Gone: bind a new listener there.  Someone else's file: report it
+        and leave it alone (checked again; once it is gone we listen again)."""
+        self._check_timer = None
+        inode = self._listener_inode
+        if self._listener is None or inode is None or self._loop is None:
+            return
+        try:
+            st = os.lstat(self._address)
+        except FileNotFoundError:
+            self._recreate_listener()
+        except OSError as exc:  # e.g. ENOTDIR, EACCES: report once; retried every interval
+            self._report_foreign((-1, exc.errno or 0),
+                                 f"cannot check the socket file {self._address}: "
+                                 f"{exc.strerror}; new slaves may not reach this socket")
+        else:
+            found = (st.st_dev, st.st_ino)
+            if found == inode:
+                self._foreign_inode = None
+            else:
+                kind = ("another socket" if stat.S_ISSOCK(st.st_mode)
+                        else "a file that is not a socket")
+                self._report_foreign(found, f"the socket file {self._address} was replaced by "
+                                            f"{kind}; it is left alone, and new slaves reach "
+                                            "whatever is there now, not this socket")
+        if self._listener is not None and self._check_timer is None:
+            self._check_timer = self._loop.call_later(LISTENER_CHECK_INTERVAL,
+                                                      self._check_listener)
+
+    def _report_foreign(self, found: tuple[int, int], message: str) -> None:
+        if found != self._foreign_inode:  # once per change, not every second
+            self._foreign_inode = found
+            self._background_error(ListenerLost(message, self._address, recreated=False))
+
+    def _recreate_listener(self) -> None:
+        try:
+            sock, inode = self._bind()
+        except (MemifError, OSError) as exc:
+            self._report_foreign((-2, 0), f"the socket file {self._address} was deleted and "
+                                          f"cannot be re-created ({exc}); retrying every "
+                                          f"{LISTENER_CHECK_INTERVAL:g} s")
+            return
+        old = self._listener
+        assert old is not None
+        self._stop_reading(old)
+        old.close()  # its file is gone: nobody can connect to it any more
+        self._listener, self._listener_inode = sock, inode
+        self._foreign_inode = None
+        if self._listener_timer is None:
+            assert self._loop is not None
+            self._loop.add_reader(sock.fileno(), self._accept_ready)
+        self._background_error(ListenerLost(
+            f"the socket file {self._address} was deleted; listening again on a new one "
+            "(established links are not affected)", self._address, recreated=True))
+
+    # --- background errors --------------------------------------------------------------------
+    def _background_error(self, exc: MemifError) -> None:
+        """Every error that happens in the background (accept failures, listener loss,
+        evictions) goes through here.  For now it is logged at WARNING, at most one line per
+        kind (exception class) every BACKGROUND_LOG_INTERVAL seconds, with the number of
+        lines not logged since; the record carries the exception as ``memif_error``."""
+        kind = type(exc).__name__
+        now = time.monotonic()
+        last = self._error_log.get(kind)
+        if last is not None and now - last[0] < BACKGROUND_LOG_INTERVAL:
+            last[1] += 1
+            return
+        more = ""
+        if last is not None and last[1]:
+            more = f" ({last[1]:.0f} more {kind} in the last {now - last[0]:.0f} s not logged)"
+        self._error_log[kind] = [now, 0]
+        log.warning("%s: %s%s", kind, exc, more, extra={"memif_error": exc})
+
+    def _flush_error_log(self) -> None:
+        for kind, (since, count) in self._error_log.items():
+            if count:
+                log.warning("%s: %s: %.0f more %s in the last %.0f s not logged",
+                            kind, self._filename, count, kind, time.monotonic() - since)
+        self._error_log.clear()
 
     # --- called by server channels -----------------------------------------------------------
     def _lookup(self, interface_id: int) -> Interface | None:
@@ -323,14 +594,14 @@ class Socket:
 
     def _claim(self, interface_id: int, channel: ControlChannel) -> Interface | None:
         itf = self._interfaces.get((True, interface_id))
-        self._pending.discard(channel)
+        self._unpend(channel)
         self._server_channels.add(channel)
         if itf is not None:
             itf._channel = channel
         return itf
 
     def _channel_closed(self, channel: ControlChannel, reason: str, by_peer: bool) -> None:
-        self._pending.discard(channel)
+        self._unpend(channel)
         self._server_channels.discard(channel)
         if channel.interface is not None:
             channel.interface._channel_closed(channel, reason, by_peer)
