@@ -281,10 +281,10 @@ class Socket:
         if self._listener_inode is not None and self._check_timer is None:
             self._check_timer = loop.call_later(LISTENER_CHECK_INTERVAL, self._check_listener)
 
-    def _bind(self) -> tuple[_socket.socket, tuple[int, int] | None]:
+    def _bind(self, remove_stale: bool = True) -> tuple[_socket.socket, tuple[int, int] | None]:
         """A new listening socket at our address, and the inode of its file (None: abstract)."""
         addr = self._address
-        if not addr.startswith("\0"):
+        if remove_stale and not addr.startswith("\0"):
             self._remove_stale(addr)
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
         inode: tuple[int, int] | None = None
@@ -544,7 +544,7 @@ class Socket:
 
     def _recreate_listener(self) -> None:
         try:
-            sock, inode = self._bind()
+            sock, inode = self._bind(remove_stale=False)  # whatever appeared there is not ours
         except (MemifError, OSError) as exc:
             self._report_foreign((-2, 0), f"the socket file {self._address} was deleted and "
                                           f"cannot be re-created ({exc}); retrying every "
