@@ -570,6 +570,8 @@ class Socket:
         kind (exception class) every BACKGROUND_LOG_INTERVAL seconds, with the number of
         lines not logged since; the record carries the exception as ``memif_error``."""
         kind = type(exc).__name__
+        if isinstance(exc, ListenerLost) and exc.recreated:  # the good news is not held back
+            kind += " (re-created)"
         now = time.monotonic()
         last = self._error_log.get(kind)
         if last is not None and now - last[0] < BACKGROUND_LOG_INTERVAL:
