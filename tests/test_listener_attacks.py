@@ -383,7 +383,8 @@ def test_socket_refuses_impossible_limits() -> None:
 async def test_idle_connection_times_out_before_init(sock_path: str, no_leaks: None) -> None:
     """A connection gets init_timeout to send INIT (a legitimate client sends it as soon
     as it reads HELLO); after INIT the longer handshake_timeout applies."""
-    async with guard_loop(), Socket(sock_path, init_timeout=0.3, handshake_timeout=1.5) as sock:
+    async with guard_loop(), \
+            Socket(sock_path, init_timeout=0.3, handshake_timeout=3.0) as sock:
         sock.new_interface(Arguments(id=0, is_master=True))
         async with await HostileClient.connect(sock_path) as idle, \
                 await HostileClient.connect(sock_path) as slow:
@@ -392,7 +393,7 @@ async def test_idle_connection_times_out_before_init(sock_path: str, no_leaks: N
             assert await idle.expect_disconnect() == "handshake timeout (no INIT)"
             assert time.monotonic() - t0 < 1.2
             await slow.expect_silence(0.5)  # INIT sent: it is on the handshake timer now
-            assert await slow.expect_disconnect() == "handshake timeout"
+            assert await slow.expect_disconnect(timeout=5.0) == "handshake timeout"
 
 
 @both_loops
