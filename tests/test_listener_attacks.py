@@ -43,6 +43,16 @@ from leaks import open_fds
 
 from memif_aio import Arguments, Interface, Socket
 from memif_aio.errors import AcceptFailed, ConnectionEvicted, ListenerLost, MemifError
+from memif_aio.protocol import (
+    ClientConfig,
+    ClientHandshake,
+    Closed,
+    Established,
+    HandshakeBudget,
+    SendMessage,
+    ServerConfig,
+    ServerHandshake,
+)
 from memif_aio.wire import (
     MSG_ADD_RING_FLAG_S2M,
     MsgAddRegion,
@@ -365,6 +375,74 @@ async def test_handshake_memory_is_bounded_per_socket(sock_path: str, no_leaks: 
                 await b.ok(MsgAddRegion(0, 2 << 20), [mfd])
     finally:
         os.close(mfd)
+
+
+class _Target:
+    mode = 0
+    secret = b""
+    busy = False
+    if_name = b"srv"
+    cache_line_size = 64
+    require_seal = True
+
+
+def _drive(srv: ServerHandshake, cli: ClientHandshake) -> list[object]:
+    """Lock-step, in memory (fds duplicated as the kernel would): the events of both
+    machines.  Sessions handed over are closed; the client is closed at the end."""
+    events: list[object] = []
+    to_client = list(srv.start())
+    while to_client:
+        m = to_client.pop(0)
+        assert isinstance(m, SendMessage)
+        for c in cli.receive(m.data, [os.dup(m.fd)] if m.fd is not None else []):
+            if isinstance(c, SendMessage):
+                outs = srv.receive(c.data, [os.dup(c.fd)] if c.fd is not None else [])
+                to_client.extend(o for o in outs if isinstance(o, SendMessage))
+                events.extend(o for o in outs if not isinstance(o, SendMessage))
+            else:
+                events.append(c)
+    cli.close("done")
+    for e in events:
+        if isinstance(e, Established):
+            e.session.close()
+    return events
+
+
+@pytest.mark.parametrize("pairs", [1, 3])
+def test_budget_is_given_back_on_every_path(no_leaks: None, pairs: int) -> None:
+    """Sans-I/O: machines sharing one HandshakeBudget charge 2 fds per region and 1 per
+    ring while they handshake, and give everything back when established (the session
+    owns the fds), torn down by the peer, or refused; a budget one fd short refuses the
+    last ring with the reason, and nothing is left charged."""
+    need = 2 + 2 * pairs
+    budget = HandshakeBudget(need, 1 << 40)
+    cfg = ServerConfig(lookup=lambda _id: _Target(), budget=budget)
+
+    def client() -> ClientHandshake:
+        return ClientHandshake(ClientConfig(id=0, num_queue_pairs=pairs, log2_ring_size=2))
+
+    srv, cli = ServerHandshake(cfg), client()
+    events = _drive(srv, cli)
+    assert sum(isinstance(e, Established) for e in events) == 2  # both machines
+    assert budget.fds == budget.bytes == 0
+    # one fd short: the last ADD_RING is refused, everything given back
+    budget.max_fds = need - 1
+    srv, cli = ServerHandshake(cfg), client()
+    events = _drive(srv, cli)
+    closed = [e for e in events if isinstance(e, Closed)]
+    assert [(c.reason, c.by_peer) for c in closed] == [(TOO_MANY_FDS, False),  # ours
+                                                       (TOO_MANY_FDS, True)]  # what it got
+    assert budget.fds == budget.bytes == 0
+    # the peer hangs up half-way
+    budget.max_fds = need
+    srv = ServerHandshake(cfg)
+    srv.start()
+    srv.receive(MsgInit(0).encode())
+    mfd = sealed_memfd(4096)
+    srv.receive(MsgAddRegion(0, 4096).encode(), [mfd])
+    assert (budget.fds, budget.bytes) == (2, 4096)
+    srv.eof()  # (the machine owned mfd: closed with the region)
+    assert budget.fds == budget.bytes == 0
 
 
 def test_socket_refuses_impossible_limits() -> None:
