@@ -37,7 +37,9 @@ from memif_aio.testpmd import TestPmd, find_testpmd
 from memif_aio.testpmd import kill_all as kill_all_testpmd
 from memif_aio.wire import InterfaceMode
 
-pytestmark = pytest.mark.timeout(60)
+# every test, the real-peer ones included: no fd, mapping, child process or DPDK runtime
+# directory may outlive it
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROLES = pytest.mark.parametrize("resp_role, ping_role", [("master", "slave"),

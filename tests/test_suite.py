@@ -1,0 +1,69 @@
+"""The test suite's own promises (issue 13 §5, issue 9 item 11): a default run names
+the real-peer tests it skipped, CI fails them instead, fuzzing is replayable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: two real-peer tests, one from the interop suite and one from the tools' tests
+PEER_TESTS = ["tests/interop/test_dpdk.py::test_secret_py_slave",
+              "tests/test_tools.py::test_ping_testpmd_icmpecho"]
+
+
+def pytest_run(*args: str, ci: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": ROOT,
+           "MEMIF_AIO_TESTPMD": ""}  # empty: act as if testpmd were not installed
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("CI", None)
+    if ci:
+        env["CI"] = "true"
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_default_run_names_skipped_real_peer_tests() -> None:
+    r = pytest_run(*PEER_TESTS)  # no -rs
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "3 real-peer (interop) tests SKIPPED: they did not run" in out, out
+    assert "dpdk-testpmd not found" in out, out
+    for nodeid in ("tests/interop/test_dpdk.py::test_secret_py_slave",
+                   "tests/test_tools.py::test_ping_testpmd_icmpecho[py-master]",
+                   "tests/test_tools.py::test_ping_testpmd_icmpecho[py-slave]"):
+        assert f"    {nodeid}\n" in out, out
+
+
+def test_under_ci_a_missing_peer_fails() -> None:
+    r = pytest_run(*PEER_TESTS, ci=True)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "3 errors" in r.stdout and "CI=true" in r.stdout, r.stdout
+    assert "SKIPPED" not in r.stdout, r.stdout
+
+
+def test_no_summary_when_no_real_peer_test_was_skipped() -> None:
+    r = pytest_run("tests/test_config.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "real-peer" not in r.stdout, r.stdout
+
+
+def test_fuzzing_is_derandomized_under_ci_and_seeded_otherwise() -> None:
+    code = ("import sys; sys.path.insert(0, 'tests'); import conftest, test_fuzz; "
+            "print(test_fuzz.FUZZ.derandomize, test_fuzz.FUZZ.print_blob)")
+    for ci, expected in ((True, "True True"), (False, "False True")):
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        env.pop("CI", None)
+        if ci:
+            env["CI"] = "true"
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert p.stdout.strip() == expected, p.stdout + p.stderr
+    # outside CI, the header gives the session's seed, and --hypothesis-seed sets it
+    r = pytest_run("--collect-only", "tests/test_config.py")
+    assert "hypothesis: seed " in r.stdout and "--hypothesis-seed=" in r.stdout, r.stdout
+    r = pytest_run("--collect-only", "--hypothesis-seed=4242", "tests/test_config.py")
+    assert "hypothesis: seed 4242 " in r.stdout, r.stdout
+    r = pytest_run("--collect-only", "tests/test_config.py", ci=True)
+    assert "hypothesis: derandomized" in r.stdout, r.stdout
