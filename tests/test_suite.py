@@ -67,3 +67,23 @@ def test_fuzzing_is_derandomized_under_ci_and_seeded_otherwise() -> None:
     assert "hypothesis: seed 4242 " in r.stdout, r.stdout
     r = pytest_run("--collect-only", "tests/test_config.py", ci=True)
     assert "hypothesis: derandomized" in r.stdout, r.stdout
+
+
+def readme_commands() -> list[str]:
+    """The one-line ``sh`` blocks of the README's quick start, in order."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    start = text.index("## Quick start")
+    section = text[start:text.index("\n## ", start + 1)]
+    blocks = section.split("```sh\n")[1:]
+    return [b.split("\n```", 1)[0].strip() for b in blocks]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    install, test = readme_commands()
+    assert "memif-aio demo" in install and "pytest" in test
+    for cmd in (install, test):  # a virtual environment: PEP 668 systems refuse pip otherwise
+        assert cmd.startswith("python3 -m venv .venv && .venv/bin/python -m pip install "), cmd
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    assert lines[-1] == test, (lines[-1], test)
