@@ -87,3 +87,43 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
     assert lines[-1] == test, (lines[-1], test)
+
+
+LEAKY_TEST = '''
+import os, shutil, subprocess
+import pytest
+from memif_aio.testpmd import runtime_dir
+
+@pytest.fixture
+def reaper():  # set up before no_leaks, so torn down after its checks
+    made = {"procs": [], "dirs": []}
+    yield made
+    for p in made["procs"]:
+        p.kill()
+        p.wait()
+    for d in made["dirs"]:
+        shutil.rmtree(d, ignore_errors=True)
+
+def test_leaves_a_child(reaper, no_leaks):
+    reaper["procs"].append(subprocess.Popen(["sleep", "30"]))
+
+def test_leaves_a_dpdk_dir(reaper, no_leaks):
+    d = runtime_dir(f"memif_aio_{os.getpid()}_leak")
+    os.makedirs(d)
+    reaper["dirs"].append(d)
+'''
+
+
+def test_no_leaks_catches_child_processes_and_dpdk_directories(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "test_leaky.py")
+    with open(path, "w") as f:
+        f.write(LEAKY_TEST)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
+    env.pop("PYTEST_ADDOPTS", None)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p",
+                        "no:cacheprovider", "-c", os.devnull, "--rootdir", str(tmp_path), path],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "2 passed, 2 errors" in r.stdout, r.stdout
+    assert "child processes left behind" in r.stdout and "(sleep 30)" in r.stdout, r.stdout
+    assert "DPDK runtime directories left behind" in r.stdout, r.stdout
