@@ -73,6 +73,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # a test that ran a tool in this process may have reset SIGTERM to the default
+    # (asyncio's remove_signal_handler does): put the session's handler back
+    with contextlib.suppress(ValueError, TypeError):
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     with contextlib.suppress(ValueError, TypeError):
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:
