@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
+from ._text import printable
 from .config import Arguments, MemoryConfig
 from .errors import Disconnected, MemifError
 from .interface import Interface
@@ -265,7 +266,7 @@ async def run_traffic(itf: Interface, traffic: Traffic, tx_direction: int, durat
     if not itf.is_connected() or not txq or not rxq:
         for r in tx:
             r.error = f"queue {r.qid}: link down before traffic started: " \
-                      f"{itf.get_disconnect_reason() or 'no reason'}"
+                      f"{printable(itf.get_disconnect_reason()) or 'no reason'}"
         return
     tasks = [_send(q, traffic, tx_direction, t0 + duration, tx[i], fault if i == 0 else None)
              for i, q in enumerate(txq)]

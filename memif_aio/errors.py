@@ -1,6 +1,14 @@
-"""Typed errors.  Every error carries what happened and, when known, the peer's reason."""
+"""Typed errors.  Every error carries what happened and, when known, the peer's reason.
+
+A reason may be the peer's own text (its DISCONNECT string).  ``reason`` and the
+message (``str(exc)``) carry it escaped by :func:`memif_aio._text.printable`, so that
+printing or logging an error never sends a peer's control characters to a terminal;
+``raw_reason`` keeps the text exactly as received (see docs/security.md).
+"""
 
 from __future__ import annotations
+
+from ._text import printable
 
 
 class MemifError(Exception):
@@ -8,24 +16,28 @@ class MemifError(Exception):
 
 
 class ProtocolViolation(MemifError):
-    """The peer sent something invalid.  ``reason`` is what we tell the peer in DISCONNECT."""
+    """The peer sent something invalid.  ``reason`` is what we tell the peer in DISCONNECT
+    (escaped: it may quote what the peer sent)."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        self.raw_reason = reason
+        self.reason = printable(reason)
+        super().__init__(self.reason)
 
 
 class Disconnected(MemifError):
     """The link is down (or went down while an operation was pending).
 
     ``reason`` is the peer's DISCONNECT string, or ours, or a description of
-    the event (EOF, handshake timeout, ...); ``by_peer`` says who ended it.
+    the event (EOF, handshake timeout, ...), escaped for display; ``raw_reason`` is
+    the same text unescaped; ``by_peer`` says who ended it.
     Wait for the next connection with ``await interface.wait_connected()``.
     """
 
     def __init__(self, reason: str = "not connected", by_peer: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        self.raw_reason = reason
+        self.reason = printable(reason)
+        super().__init__(self.reason)
         self.by_peer = by_peer
 
 
@@ -34,11 +46,15 @@ class NotConnected(Disconnected):
 
 
 class ConnectionRefused(MemifError):
-    """A connect attempt failed before the link came up (peer refused, socket missing)."""
+    """A connect attempt failed before the link came up (peer refused, socket missing).
+
+    ``reason`` (escaped for display) and ``raw_reason`` (exact) as for :class:`Disconnected`.
+    """
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        self.raw_reason = reason
+        self.reason = printable(reason)
+        super().__init__(self.reason)
 
 
 class WouldBlock(MemifError):

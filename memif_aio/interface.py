@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, Union
 
+from ._text import printable
 from .config import Arguments, MemoryConfig
 from .errors import ConnectionRefused, Disconnected, MemifError, NotConnected
 from .protocol import (
@@ -310,7 +311,7 @@ class Interface:
         try:
             await asyncio.wait_for(ev.wait(), timeout)
         except TimeoutError:
-            why = "; ".join(x for x in (self._last_reason, self._connect_error) if x)
+            why = "; ".join(printable(x) for x in (self._last_reason, self._connect_error) if x)
             why = f" (last: {why})" if why else ""
             raise TimeoutError(f"interface {self.get_id()} did not connect in {timeout} s{why}") \
                 from None
@@ -536,10 +537,10 @@ class Interface:
             if self._connected is not None:
                 self._connected.clear()
             log.info("interface %d disconnected (%s: %s)", self.get_id(),
-                     "peer" if by_peer else "local", reason)
+                     "peer" if by_peer else "local", printable(reason))
         elif reason != self._last_refusal:
             log.warning("interface %d: connection refused or failed during handshake (%s: %s)",
-                        self.get_id(), "peer" if by_peer else "local", reason)
+                        self.get_id(), "peer" if by_peer else "local", printable(reason))
         self._last_refusal = "" if was_up else reason
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(was_up)
@@ -549,7 +550,8 @@ class Interface:
 
     def _protocol_violation(self, reason: str) -> None:
         """A ring check failed on the data path: disconnect with that reason."""
-        log.warning("interface %d: peer violated the protocol: %s", self.get_id(), reason)
+        log.warning("interface %d: peer violated the protocol: %s", self.get_id(),
+                    printable(reason))
         ch = self._channel
         if ch is not None:
             ch.close(reason)

@@ -144,7 +144,7 @@ class Queue:
 
     def _raise_dead(self) -> None:
         if self._dead is not None:
-            raise Disconnected(self._dead.reason, self._dead.by_peer)
+            raise Disconnected(self._dead.raw_reason, self._dead.by_peer)
 
     def _violation(self, exc: ProtocolViolation) -> None:
         self._itf._protocol_violation(exc.reason)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._text import printable
 from .config import DEFAULT_SOCKET_FILENAME, Arguments
 from .errors import AcceptFailed, ConnectionEvicted, ListenerLost, MemifError
 from .interface import ControlChannel, Interface
@@ -609,7 +610,7 @@ class Socket:
             channel.interface._channel_closed(channel, reason, by_peer)
         else:
             log.info("%s: connection closed before INIT was accepted (%s)", self._filename,
-                     reason)
+                     printable(reason))
 
     def _forget(self, itf: Interface) -> None:
         key = (itf.is_master(), itf.get_id())

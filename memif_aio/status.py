@@ -36,6 +36,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
+from ._text import printable
 from .interface import Interface
 from .wire import VERSION_MAJOR, VERSION_MINOR
 
@@ -98,6 +99,10 @@ def format_show(interfaces: Iterable[StatusLike]) -> str:
     Per interface: name, id, role, socket, state, peer application and interface
     names, mode, receive (interrupt) mode, the negotiated queue pairs, ring and buffer
     sizes, the regions, and per queue the ring's head and tail and the counters.
+
+    Every line is escaped by :func:`memif_aio._text.printable`: the peer chooses its
+    names and its DISCONNECT reason, and a status document read from another process
+    is no more trusted, so no control character reaches the terminal.
     """
     out: list[str] = []
     for item in interfaces:
@@ -130,7 +135,7 @@ def format_show(interfaces: Iterable[StatusLike]) -> str:
                            f"{what} {q['interrupts']}")
                 out.append(f"    packets {q['packets']} bytes {q['bytes']} drops {q['drops']} "
                            f"bad-descriptors {q['bad_descriptors']}")
-    return "\n".join(out) + ("\n" if out else "")
+    return "\n".join(printable(line) for line in out) + ("\n" if out else "")
 
 
 # --- endpoint names ----------------------------------------------------------------------------

@@ -38,7 +38,13 @@ What it does for you (every pitfall in ``docs/interop.md`` that a driver can han
 * Stop: SIGINT, SIGKILL of the whole process group after ``stop_timeout``, reap, then
   remove ``/var/run/dpdk/<prefix>``, the working directory and (server) a leftover
   socket file.  Every wait is bounded.  :func:`kill_all` is a synchronous last resort
-  (also registered with :mod:`atexit`) for processes whose owner never got to stop them.
+  for processes whose owner never got to stop them.
+* Importing this module changes nothing in the process.  While at least one testpmd
+  runs, two guards are in place, and they are removed when the last one stops: an
+  :mod:`atexit` hook and a SIGTERM handler (main thread only), both calling
+  :func:`kill_all`.  ``atexit`` does not run on SIGTERM, hence the handler; it then
+  hands the signal to the handler it replaced (or, if that was the default, lets the
+  signal end the process as it would have).
 
 DPDK facts this relies on were observed with DPDK 22.11 (Debian 12 ``dpdk-dev``).
 """
@@ -54,6 +60,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -317,6 +324,7 @@ class TestPmd:
             self._cleanup_files()
             raise
         _live[self.proc.pid] = self
+        _guard()
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._readers = [asyncio.create_task(self._read(self.proc.stdout, self._on_stdout)),
                          asyncio.create_task(self._read(self.proc.stderr, self._on_stderr))]
@@ -370,6 +378,8 @@ class TestPmd:
                 _live.pop(proc.pid, None)
         finally:
             self._cleanup_files()
+            if not _live:
+                _unguard()
         return self.returncode
 
     def _cleanup_files(self) -> None:
@@ -611,7 +621,48 @@ def kill_all() -> list[int]:
         tp._cleanup_files()
         _live.pop(pid, None)
         killed.append(pid)
+    _unguard()
     return killed
 
 
-atexit.register(kill_all)
+# --- guards while a testpmd runs ----------------------------------------------------------------
+_guarded = False
+_previous_sigterm: Any = None
+
+
+def _guard() -> None:
+    """Install the atexit hook and the SIGTERM handler (once, while testpmds run)."""
+    global _guarded, _previous_sigterm
+    if _guarded:
+        return
+    _guarded = True
+    atexit.register(kill_all)
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _unguard() -> None:
+    """Remove the guards (the last testpmd stopped)."""
+    global _guarded, _previous_sigterm
+    if not _guarded:
+        return
+    _guarded = False
+    atexit.unregister(kill_all)
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            if signal.getsignal(signal.SIGTERM) is _on_sigterm:  # nobody replaced it since
+                signal.signal(signal.SIGTERM, _previous_sigterm or signal.SIG_DFL)
+    _previous_sigterm = None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    previous = _previous_sigterm
+    kill_all()  # which also puts ``previous`` back as the SIGTERM handler
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    else:  # the default action: terminate, by this very signal
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

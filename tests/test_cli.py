@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+# no fd, mapping, child process or DPDK runtime directory may outlive a test
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = re.compile(

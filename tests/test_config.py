@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_defaults() -> None:
     ({"packet_buffer_size": 65536}, "packet_buffer_size"),
     ({"packet_buffer_size": 2048.0}, "packet_buffer_size"),
 ])
-def test_memory_config_rejects(kwargs: dict, field: str) -> None:
+def test_memory_config_rejects(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         MemoryConfig(**kwargs)
 
@@ -70,14 +71,17 @@ def test_memory_config_rejects(kwargs: dict, field: str) -> None:
     ({"tx_timeout": -1}, "tx_timeout"),
     ({"memory_config": MemoryConfig(256, 14, 65535)}, "4 GiB"),
 ])
-def test_arguments_reject(kwargs: dict, field: str) -> None:
-    base = {"id": 0, "is_master": False}
+def test_arguments_reject(kwargs: dict[str, Any], field: str) -> None:
+    base: dict[str, Any] = {"id": 0, "is_master": False}
     base.update(kwargs)
     with pytest.raises(ValueError, match=field):
         Arguments(**base)
 
 
 def test_arguments_accept_edge_values() -> None:
-    a = Arguments(id=0xFFFFFFFF, is_master=False, name="n" * 31, secret="s" * 23,
-                  mode=1, rx_mode="polling", cache_line_size=128)
+    # str and int where the types say bytes and enums: accepted and converted (on purpose)
+    a = Arguments(id=0xFFFFFFFF, is_master=False, name="n" * 31,
+                  secret="s" * 23,  # type: ignore[arg-type]
+                  mode=1, rx_mode="polling",  # type: ignore[arg-type]
+                  cache_line_size=128)
     assert a.secret == b"s" * 23 and a.mode is InterfaceMode.IP and a.rx_mode is RxMode.POLLING

@@ -300,7 +300,7 @@ def test_server_machine_survives_anything(prefix: int, evs: list[Any], corrupt: 
         if corrupt:  # a wrong cookie on the M2S ring
             struct.pack_into("<I", peer.mm, LAYOUT.ring_offset(M2S, 0), 0)
         fds = FdFactory(peer)
-        srv = ServerHandshake(ServerConfig(lookup=TARGETS.get))  # type: ignore[arg-type]
+        srv = ServerHandshake(ServerConfig(lookup=TARGETS.get))
         check = OutputCheck(is_server=True)
         try:
             check.take(srv.start())
@@ -379,7 +379,7 @@ def test_machines_against_each_other_with_one_corrupted_message(at: int, mutatio
                                                                  pairs: int) -> None:
     """A real client and a real server; one message in flight is corrupted."""
     with LeakCheck():
-        srv = ServerHandshake(ServerConfig(lookup=TARGETS.get))  # type: ignore[arg-type]
+        srv = ServerHandshake(ServerConfig(lookup=TARGETS.get))
         cli = ClientHandshake(ClientConfig(id=0, num_queue_pairs=pairs, log2_ring_size=2,
                                            buffer_size=64))
         sc, cc = OutputCheck(True), OutputCheck(False)

@@ -79,7 +79,7 @@ from memif_aio.wire import (
 )
 
 HOSTILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile.py")
-FAST = {"reconnect_min_delay": 0.01, "reconnect_max_delay": 0.05}
+FAST: dict[str, Any] = {"reconnect_min_delay": 0.01, "reconnect_max_delay": 0.05}
 S2M = MSG_ADD_RING_FLAG_S2M
 
 both_loops = pytest.mark.both_loops
@@ -683,6 +683,7 @@ class TestControlChannel:
             hc.memory = mem
             await hc.ok(init())
             (region, rfd), (s2m, sfd), (m2s, mfd) = mem.setup_messages()
+            assert isinstance(s2m, MsgAddRing) and isinstance(m2s, MsgAddRing)
             await hc.ok(region, [rfd])
             await hc.ok(MsgAddRing(0xFFFF, 0, 0, s2m.offset, 4), [sfd])  # S2M
             await hc.ok(MsgAddRing(0xFFFE, 0, 0, m2s.offset, 4), [mfd])  # M2S, touching it

@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from memif_aio import (
     MemoryConfig,
     NotConnected,
     PacketTooLarge,
+    Queue,
     RxMode,
     Socket,
     WouldBlock,
@@ -32,7 +34,8 @@ T = 5.0  # generous bound for anything that should take milliseconds
 
 
 @asynccontextmanager
-async def pair(path: str, master: dict | None = None, slave: dict | None = None,
+async def pair(path: str, master: dict[str, Any] | None = None,
+               slave: dict[str, Any] | None = None,
                id: int = 0, connect: bool = True) -> AsyncIterator[tuple[Socket, Interface,
                                                                           Interface]]:
     async with Socket(path) as sock:
@@ -116,7 +119,7 @@ async def test_four_interfaces_on_one_socket(sock_path: str, no_leaks: None) -> 
             pairs.append((m, s))
         await asyncio.wait_for(asyncio.gather(
             *(x.wait_connected() for p in pairs for x in p)), T)
-        for i, (m, s) in enumerate(pairs):
+        for i, (m, _s) in enumerate(pairs):
             assert m.get_peer_name() == f"s{i}"
         await asyncio.gather(*(exchange(s, m, 0, [bytes([i]) * 100] * 200)
                                for i, (m, s) in enumerate(pairs)),
@@ -193,7 +196,8 @@ async def test_secret_accepted(sock_path: str, no_leaks: None) -> None:
     ({"mode": InterfaceMode.IP}, {}, "mode mismatch"),
     ({}, {"id": 9}, "unmatched interface id"),
 ])
-async def test_refusals(sock_path: str, no_leaks: None, master: dict, slave: dict,
+async def test_refusals(sock_path: str, no_leaks: None, master: dict[str, Any],
+                        slave: dict[str, Any],
                         expected: str) -> None:
     async with Socket(sock_path) as sock:
         sock.new_interface(Arguments(id=0, is_master=True, **master))
@@ -524,7 +528,7 @@ async def test_a_flood_does_not_starve_the_event_loop(sock_path: str, no_leaks: 
         loop = asyncio.get_running_loop()
 
         async def count_until_callback(step: object, total: int) -> int:
-            ran = []
+            ran: list[bool] = []
             loop.call_soon(ran.append, True)  # runs at the first turn the loop gets
             done = 0
             while done < total and not ran:
@@ -623,14 +627,14 @@ async def test_cancelled_inside_lease_and_reserve_loses_no_slot(sock_path: str,
                        (m.get_tx_queue(0), s.get_rx_queue(0))):
             entered = asyncio.Event()
 
-            async def hold_lease() -> None:
+            async def hold_lease(rx: Queue, entered: asyncio.Event) -> None:
                 async with rx.lease(8) as views:
                     assert len(views) == 8
                     entered.set()
                     await asyncio.sleep(10)  # cancelled here, views in hand
 
             await tx.write_burst([bytes([i]) * 100 for i in range(8)])
-            task = asyncio.ensure_future(hold_lease())
+            task = asyncio.ensure_future(hold_lease(rx, entered))
             await asyncio.wait_for(entered.wait(), T)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -640,13 +644,13 @@ async def test_cancelled_inside_lease_and_reserve_loses_no_slot(sock_path: str,
 
             entered.clear()
 
-            async def hold_reservation() -> None:
+            async def hold_reservation(tx: Queue, entered: asyncio.Event) -> None:
                 async with tx.reserve(8, 64) as bufs:
                     bufs[0][:4] = b"half"
                     entered.set()
                     await asyncio.sleep(10)  # cancelled mid-fill: nothing may be published
 
-            task = asyncio.ensure_future(hold_reservation())
+            task = asyncio.ensure_future(hold_reservation(tx, entered))
             await asyncio.wait_for(entered.wait(), T)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -109,7 +109,7 @@ class Rig:
         return self.off(t) + self.rl.desc + 16 * (slot & (self.R - 1))
 
     def desc(self, t: RingType, slot: int) -> tuple[int, int, int, int, int]:
-        return DESC.unpack_from(self.mm, self.desc_at(t, slot))  # type: ignore[return-value]
+        return DESC.unpack_from(self.mm, self.desc_at(t, slot))
 
     def put_desc(self, t: RingType, slot: int, flags: int, region: int, length: int,
                  offset: int) -> None:

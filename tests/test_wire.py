@@ -25,6 +25,7 @@ from memif_aio.wire import (
     HELLO,
     INIT,
     MSG_SIZE,
+    Message,
     MsgAck,
     MsgAddRegion,
     MsgAddRing,
@@ -80,7 +81,7 @@ def test_constants() -> None:
 # §14.1 control-message test vectors, byte for byte
 # ---------------------------------------------------------------------------
 
-VECTORS = {
+VECTORS: dict[str, tuple[Message, bytes]] = {
     "ACK": (MsgAck(), hx("01")),
     "HELLO": (
         MsgHello(b"memif_aio", 0x0200, 0x0200, 255, 255, 255, 14),
@@ -227,7 +228,7 @@ def test_round_trip(msg: object) -> None:
     data = msg.encode()  # type: ignore[attr-defined]
     assert len(data) == MSG_SIZE
     assert decode_message(data) == msg
-    assert message_type(data) == msg.TYPE  # type: ignore[attr-defined]
+    assert message_type(data) == msg.TYPE
 
 
 @pytest.mark.parametrize("msg", [
@@ -267,7 +268,7 @@ def test_struct_format_matches_spec(name: str) -> None:
     assert struct.pack(derived, *values) == struct.pack(spec_fmt, *values)
     # and the derived format agrees with what construct builds
     if con is not DESCRIPTOR:
-        built = con.build(dict(zip(field_offsets(con), values)))  # type: ignore[attr-defined]
+        built = con.build(dict(zip(field_offsets(con), values)))
         assert built == struct.pack(spec_fmt, *values).ljust(MSG_SIZE, b"\0")
 
 

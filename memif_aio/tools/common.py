@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TextIO, TypeVar
 
+from .._text import printable
 from ..config import Arguments, MemoryConfig, RxMode
 from ..errors import MemifError
 from ..interface import Interface
@@ -181,7 +182,8 @@ class Tool:
         return self._itf
 
     def error(self, message: str) -> None:
-        print(f"{self.prog}: {message}", file=sys.stderr, flush=True)
+        # messages quote the peer's names and reasons: never let its escapes through
+        print(printable(f"{self.prog}: {message}"), file=sys.stderr, flush=True)
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -292,7 +294,7 @@ def run(ns: argparse.Namespace, command: str,
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(_main(ns, command, body))
     except ToolError as exc:
-        print(f"memif-aio {command}: {exc.message}", file=sys.stderr, flush=True)
+        print(printable(f"memif-aio {command}: {exc.message}"), file=sys.stderr, flush=True)
         return exc.code
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"memif-aio {command}: interrupted", file=sys.stderr, flush=True)

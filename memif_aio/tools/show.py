@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from .._text import printable
 from ..status import find_endpoints, format_show, query_status
 from .common import EXIT_OK, EXIT_USAGE, positive_float
 
@@ -46,7 +47,7 @@ def main(ns: argparse.Namespace) -> int:
             doc = query_status(name, ns.timeout)
         except (OSError, ValueError) as exc:
             if ns.verbose:
-                print(f"memif-aio show: {name}: {exc}", file=sys.stderr)
+                print(printable(f"memif-aio show: {name}: {exc}"), file=sys.stderr)
             continue
         doc["endpoint"] = name
         docs.append(doc)
@@ -55,13 +56,15 @@ def main(ns: argparse.Namespace) -> int:
               f"{ns.socket}.ctl; only memif-aio commands serve it)", file=sys.stderr)
         return EXIT_USAGE
     if ns.json:
-        print(json.dumps(docs, indent=2))
+        # ensure_ascii (the default) writes every control character as \uNNNN
+        print(json.dumps(docs, indent=2, ensure_ascii=True))
         return EXIT_OK
     for i, doc in enumerate(docs):
         if i:
             print()
-        print(f"process {doc.get('pid')} ({doc.get('app') or 'memif_aio'}, memif_aio "
-              f"{doc.get('version')}, memif {doc.get('protocol')}) via {doc['endpoint']}")
+        print(printable(f"process {doc.get('pid')} ({doc.get('app') or 'memif_aio'}, memif_aio "
+                        f"{doc.get('version')}, memif {doc.get('protocol')}) "
+                        f"via {doc['endpoint']}"))
         sys.stdout.write(format_show(doc["interfaces"]))
     sys.stdout.flush()
     return EXIT_OK

@@ -8,7 +8,8 @@
   afterwards) so that the two never share a CPU on a 2-core machine.
 * Leftovers: after each test no testpmd started by it may still run, and no
   ``/var/run/dpdk/<prefix>`` directory of ours may remain (socket files are checked
-  by ``sock_dir``).
+  by ``sock_dir``); ``no_leaks`` (fds, mappings, child processes, DPDK runtime
+  directories) applies to every test here.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def pin_to_cpu0() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def no_testpmd_leftovers() -> Iterator[None]:
+def no_testpmd_leftovers(no_leaks: None) -> Iterator[None]:
     yield
     killed = tpmod.kill_all()
     dirs = glob.glob(tpmod.runtime_dir(f"memif_aio_{os.getpid()}_*"))
