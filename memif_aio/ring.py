@@ -28,7 +28,7 @@ from operator import add
 from typing import Any, MutableSequence, Sequence
 
 from .errors import PacketTooLarge, ProtocolViolation
-from .memory import Region
+from .memory import CLOSED_MAPPING, Region
 from .wire import (
     COOKIE,
     DESC_FLAG_NEXT,
@@ -195,6 +195,10 @@ class _ClientRing(_Ring):
         self.view = regions[region].view
         self._offs_arr = memoryview(array.array("I", self.slot_offsets))
         self._bsize_arr = memoryview(array.array("I", [buffer_size] * self.size))
+
+    def release(self) -> None:
+        super().release()
+        self.mm = CLOSED_MAPPING  # no reference of ours keeps a closed region's mapping alive
 
     def _post_run(self, s: int, n: int, lengths: Any) -> None:
         """Write descriptors of slots ``s..s+n`` (no wrap): our region, our buffer,
