@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import struct
+import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
