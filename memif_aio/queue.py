@@ -523,7 +523,11 @@ class Queue:
                 return len(data)
 
     async def write_burst(self, packets: Union[Sequence[bytes], Iterable[bytes]]) -> int:
-        """Publish every packet in order, waiting for space as needed; returns the count."""
+        """Publish every packet in order, waiting for space as needed; returns the count.
+
+        A packet that can never fit the ring raises :class:`PacketTooLarge` at once and
+        nothing is published (see docs/concepts.md, Chained buffers, for the one case of
+        a short count)."""
         self._check_tx()
         if not isinstance(packets, (list, tuple)):
             packets = list(packets)

@@ -239,7 +239,9 @@ class S2MProducer(_ClientRing):
     def write_burst(self, packets: Packets, start: int = 0) -> int:
         """Publish as many packets from ``packets[start:]`` as fit; return how many.
 
-        A packet is published whole or not at all (a chain moves ``head`` once).
+        A packet is published whole or not at all (a chain moves ``head`` once).  If one of
+        them can never fit (more buffers than the ring has), :class:`PacketTooLarge` is
+        raised and nothing is published, full ring or not.
         """
         free = self.free_slots()
         total = len(packets) - start
