@@ -42,8 +42,11 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> None:
 class MemoryConfig:
     """Shared-memory geometry a slave asks for (the master learns it from the slave).
 
-    ``num_queue_pairs`` 1..256, ``log2_ring_size`` 1..14,
+    ``num_queue_pairs`` 1..256, ``log2_ring_size`` 0..14,
     ``packet_buffer_size`` 1..65535 bytes (buffer sizes are u16 in the C peers).
+    ``log2_ring_size`` 0 (one-slot rings) is legal on the wire and a connected master
+    may report it; :class:`Arguments` asks for 1..14.  A master builds the negotiated
+    configuration through these same checks: a peer whose rings fail them is refused.
     """
 
     num_queue_pairs: int = DEFAULT_NUM_QUEUE_PAIRS
@@ -52,7 +55,7 @@ class MemoryConfig:
 
     def __post_init__(self) -> None:
         _check_int("num_queue_pairs", self.num_queue_pairs, 1, 256)
-        _check_int("log2_ring_size", self.log2_ring_size, 1, MAX_LOG2_RING_SIZE)
+        _check_int("log2_ring_size", self.log2_ring_size, 0, MAX_LOG2_RING_SIZE)
         _check_int("packet_buffer_size", self.packet_buffer_size, 1, 65535)
 
     def region_size(self, cache_line: int = 64) -> int:
@@ -113,6 +116,8 @@ class Arguments:
             raise ValueError(f"secret must be at most {SECRET_SIZE - 1} bytes without NUL")
         if not isinstance(self.memory_config, MemoryConfig):
             raise ValueError("memory_config must be a MemoryConfig")
+        if self.memory_config.log2_ring_size < 1:
+            raise ValueError("memory_config.log2_ring_size must be in 1..14 (two slots or more)")
         for cb in ("connected_func", "disconnected_func"):
             f = getattr(self, cb)
             if f is not None and not callable(f):

@@ -498,12 +498,7 @@ class Interface:
         self._connections += 1
         self._peer_name = to_text(session.peer_if_name)
         self._remote_name = to_text(session.peer_name)
-        nq = max(1, min(len(session.rx), len(session.tx)))
-        mc = object.__new__(MemoryConfig)
-        object.__setattr__(mc, "num_queue_pairs", nq)
-        object.__setattr__(mc, "log2_ring_size", session.log2_ring_size)
-        object.__setattr__(mc, "packet_buffer_size", session.buffer_size)
-        self._memory = mc
+        self._memory = session.memory_config
         self._rxq = [Queue(self, i, ring, session.rx_eventfds[i], True, args.rx_mode,
                            taps=self._taps) for i, ring in enumerate(session.rx)]
         self._txq = [Queue(self, i, ring, session.tx_eventfds[i], False, args.rx_mode,

@@ -10,7 +10,9 @@ import fcntl
 import mmap
 import os
 import stat
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ProtocolViolation
 from .wire import COOKIE, DESC_SIZE, DESC_STRUCT, U32, RingLayout
@@ -23,17 +25,30 @@ F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
 #: Offsets and u32 lengths address at most 4 GiB of a region (§6.1).
 MAX_REGION_SIZE = 1 << 32
 
+#: Python 3.13+ can map without keeping a duplicate of the fd inside the mmap object.
+_MMAP_KW: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
+def _map(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, **_MMAP_KW)
+
 
 class Region:
-    """One mapped shared-memory region (an fd plus its mapping)."""
+    """One mapped shared-memory region: its mapping, and its fd while one is needed.
 
-    __slots__ = ("fd", "mm", "size", "view")
+    ``fd`` is -1 once nothing needs it: a peer's region fd is closed as soon as it
+    is mapped (the mapping does not need it).  Our own (client) region keeps its fd
+    until :meth:`close`, because it is sent to the peer in ADD_REGION.
+    """
+
+    __slots__ = ("closed", "fd", "mm", "size", "view")
 
     def __init__(self, fd: int, size: int, mm: mmap.mmap) -> None:
         self.fd = fd
         self.size = size
         self.mm = mm
         self.view = memoryview(mm)
+        self.closed = False
 
     @classmethod
     def create(cls, size: int, name: str = "memif_region_0") -> Region:
@@ -44,7 +59,7 @@ class Region:
         try:
             fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK)
             os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = _map(fd, size)
         except BaseException:
             os.close(fd)
             raise
@@ -61,7 +76,8 @@ class Region:
         (``F_SEAL_SHRINK``: the peer's ``ftruncate`` then fails), so only fds
         that cannot be sealed (hugetlbfs, plain files, memfds without
         ``MFD_ALLOW_SEALING``) depend on ``require_seal``.  The fd is not closed
-        on failure: the caller owns it.
+        on failure: the caller owns it.  On success it is closed (the mapping keeps
+        the memory; the seal lives on the file): the region holds no fd.
         """
         if not 0 < size <= MAX_REGION_SIZE:
             raise ProtocolViolation(f"invalid region size {size}")
@@ -80,25 +96,44 @@ class Region:
         elif os.fstat(fd).st_size < size:  # it may have shrunk before our seal took hold
             raise ProtocolViolation(f"region size {size} exceeds its file")
         try:
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = _map(fd, size)
         except (OSError, ValueError) as exc:
             raise ProtocolViolation(f"mmap: {exc}") from None
-        return cls(fd, size, mm)
+        os.close(fd)
+        return cls(-1, size, mm)
 
     def close(self) -> None:
-        """Unmap and close.  Fails only if views into the mapping are still held."""
-        if self.fd < 0:
+        """Unmap and close the fd.  Idempotent, and never fails.
+
+        While views into the mapping are still alive (a zero-copy packet, or a
+        slice of one, that someone still references), ``mmap.close()`` refuses.
+        The region then drops its own reference to the mmap object: the views
+        are its last owners, and the mapping is unmapped the moment the last of
+        them is released or collected (deterministically, by reference count;
+        the caller has released the region's and the rings' own views first).
+        """
+        if self.closed:
             return
+        self.closed = True
+        mm = self.mm
         self.view.release()
         try:
-            self.mm.close()
-        except BufferError:  # exported views still alive: keep the mapping, drop the fd
+            mm.close()
+        except BufferError:  # exported views still alive: they own the mapping now
             pass
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-        self.fd = -1
+        del mm
+        self.mm = CLOSED_MAPPING
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+
+#: What a closed region's ``mm`` is: a closed, empty placeholder (any use raises ValueError).
+CLOSED_MAPPING = mmap.mmap(-1, 1)
+CLOSED_MAPPING.close()
 
 
 def _seal_shrink(fd: int) -> bool:

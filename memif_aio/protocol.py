@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Union
 
+from .config import DEFAULT_PACKET_BUFFER_SIZE, MemoryConfig
 from .errors import ProtocolViolation
 from .memory import ClientLayout, Region, close_fds, is_eventfd, new_eventfd
 from .ring import (
@@ -112,6 +113,8 @@ class Session:
     peer_if_name: bytes
     log2_ring_size: int
     buffer_size: int
+    #: the negotiated geometry, validated by MemoryConfig's own checks
+    memory_config: MemoryConfig
     closed: bool = field(default=False)
 
     def close(self) -> None:
@@ -476,21 +479,29 @@ class ServerHandshake(_Machine):
                         r.release()
                     kind = "rx" if cls is S2MConsumer else "tx"
                     raise ProtocolViolation(f"wrong cookie on {kind} ring {m.index}")
+        first = s2m[0][0]
+        # Every client initialises S2M descriptors with length = its buffer size (§6.5);
+        # VPP's zero-copy client leaves them at 0: unknown, so the default of every peer.
+        bsize = int(U32.unpack_from(rx[0].buf, rx[0].desc0 + DESC_LENGTH_OFF)[0]) \
+            or DEFAULT_PACKET_BUFFER_SIZE
         try:
             for r in (*rx, *tx):
                 validate_initial_indices(r)
+            try:  # the negotiated geometry passes MemoryConfig's checks, or the peer is refused
+                memory = MemoryConfig(max(1, min(len(rx), len(tx))), first.log2_ring_size, bsize)
+            except ValueError as exc:
+                raise ProtocolViolation(
+                    f"unusable rings: rx ring 0 announces {bsize}-byte buffers "
+                    f"in descriptor 0 ({exc})") from None
         except ProtocolViolation:
             for r in (*rx, *tx):
                 r.release()
             raise
-        first = s2m[0][0]
-        # Every client initialises S2M descriptors with length = its buffer size (§6.5).
-        bsize = int(U32.unpack_from(rx[0].buf, rx[0].desc0 + DESC_LENGTH_OFF)[0]) or 2048
         session = Session(
             is_master=True, regions=self._regions, rx=list(rx), tx=list(tx),
             rx_eventfds=[fd for _m, fd in s2m], tx_eventfds=[fd for _m, fd in m2s],
             peer_name=self.peer_name, peer_if_name=msg.if_name,
-            log2_ring_size=first.log2_ring_size, buffer_size=bsize)
+            log2_ring_size=first.log2_ring_size, buffer_size=bsize, memory_config=memory)
         self._held_fds = []
         self._uncharge()  # the link owns them now: no longer what an unconnected peer holds
         self.established = True
@@ -632,7 +643,9 @@ class ClientHandshake(_Machine):
             is_master=False, regions=regions, rx=list(rx), tx=list(tx),
             rx_eventfds=list(self._m2s_fds), tx_eventfds=list(self._s2m_fds),
             peer_name=self.peer_name, peer_if_name=msg.if_name,
-            log2_ring_size=layout.log2_ring_size, buffer_size=layout.buffer_size)
+            log2_ring_size=layout.log2_ring_size, buffer_size=layout.buffer_size,
+            memory_config=MemoryConfig(max(1, min(len(rx), len(tx))), layout.log2_ring_size,
+                                       layout.buffer_size))
         self._held_fds = []
         self.established = True
         self.state = ClientState.CONNECTED

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Sequen
 
 from . import eventfd
 from .config import RxMode
-from .errors import Disconnected, ProtocolViolation, WouldBlock
+from .errors import Disconnected, PacketTooLarge, ProtocolViolation, WouldBlock
 from .ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer
 
 if TYPE_CHECKING:
@@ -367,7 +367,8 @@ class Queue:
         self._leased = None
         for v in views:
             if isinstance(v, memoryview):
-                v.release()
+                with contextlib.suppress(BufferError):  # exported on (e.g. PickleBuffer): it
+                    v.release()  # stays valid and keeps the mapping until it is let go
         if self._dead is None:
             self._ring.end_lease()  # type: ignore[union-attr]
             self._spins = 0
@@ -522,7 +523,11 @@ class Queue:
                 return len(data)
 
     async def write_burst(self, packets: Union[Sequence[bytes], Iterable[bytes]]) -> int:
-        """Publish every packet in order, waiting for space as needed; returns the count."""
+        """Publish every packet in order, waiting for space as needed; returns the count.
+
+        A packet that can never fit the ring raises :class:`PacketTooLarge` at once and
+        nothing is published (see docs/concepts.md, Chained buffers, for the one case of
+        a short count)."""
         self._check_tx()
         if not isinstance(packets, (list, tuple)):
             packets = list(packets)
@@ -537,7 +542,12 @@ class Queue:
         while done < total:
             retry = retry or _Backoff(self._tx_timeout)
             await retry.wait()
-            n = self._write(packets, done)
+            try:
+                n = self._write(packets, done)
+            except PacketTooLarge:  # found only now (a peer posting buffers below its size)
+                if not done:
+                    raise
+                return done  # a short count: exactly what was published
             if n:
                 done += n
                 retry.reset()

@@ -28,7 +28,7 @@ from operator import add
 from typing import Any, MutableSequence, Sequence
 
 from .errors import PacketTooLarge, ProtocolViolation
-from .memory import Region
+from .memory import CLOSED_MAPPING, Region
 from .wire import (
     COOKIE,
     DESC_FLAG_NEXT,
@@ -196,6 +196,10 @@ class _ClientRing(_Ring):
         self._offs_arr = memoryview(array.array("I", self.slot_offsets))
         self._bsize_arr = memoryview(array.array("I", [buffer_size] * self.size))
 
+    def release(self) -> None:
+        super().release()
+        self.mm = CLOSED_MAPPING  # no reference of ours keeps a closed region's mapping alive
+
     def _post_run(self, s: int, n: int, lengths: Any) -> None:
         """Write descriptors of slots ``s..s+n`` (no wrap): our region, our buffer,
         ``lengths``, flags 0.  We own these slots, so every field is rewritten."""
@@ -235,11 +239,16 @@ class S2MProducer(_ClientRing):
     def write_burst(self, packets: Packets, start: int = 0) -> int:
         """Publish as many packets from ``packets[start:]`` as fit; return how many.
 
-        A packet is published whole or not at all (a chain moves ``head`` once).
+        A packet is published whole or not at all (a chain moves ``head`` once).  If one of
+        them can never fit (more buffers than the ring has), :class:`PacketTooLarge` is
+        raised and nothing is published, full ring or not.
         """
         free = self.free_slots()
         total = len(packets) - start
-        if total <= 0 or not free:
+        if total <= 0:
+            return 0
+        if not free:
+            _check_fits(packets, start, self.size * self.bsize, self.bsize)
             return 0
         head = self._head
         k = min(free, total)
@@ -247,6 +256,8 @@ class S2MProducer(_ClientRing):
         lens = list(map(len, batch))
         if max(lens) <= self.bsize and min(lens) > 0:
             # fast path: one buffer per packet
+            if k < total:  # the rest waits for room: refuse now if one of them never fits
+                _check_fits(packets, start + k, self.size * self.bsize, self.bsize)
             mm = self.mm
             offs = self.slot_offsets
             s = head & self.mask
@@ -328,6 +339,7 @@ class S2MProducer(_ClientRing):
 
     def _write_slow(self, packets: Packets, start: int, free: int) -> int:
         """Per packet, chaining packets longer than one buffer."""
+        _check_fits(packets, start, self.size * self.bsize, self.bsize)
         head = self._head
         mask = self.mask
         bsize = self.bsize
@@ -707,11 +719,16 @@ class M2SProducer(_Ring):
     as separate fields.
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_bsize", "_tail")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._tail = self.tail
+        # The buffer size the client announced: it initialises every descriptor's length
+        # with it (§6.5).  Only used to refuse at once a packet that could never fit the
+        # ring, even while no buffer is posted; anything out of range means "unknown".
+        cap = int(self.d32[_L32])
+        self._bsize = cap if 0 < cap <= MAX_DESC_LENGTH else MAX_DESC_LENGTH
 
     def free_slots(self) -> int:
         n = (self.idx[self._head_i] - self._tail) & 0xFFFF
@@ -732,9 +749,18 @@ class M2SProducer(_Ring):
         return r, offset, min(cap, r.size - offset)
 
     def write_burst(self, packets: Packets, start: int = 0) -> int:
+        """Fill posted buffers with packets from ``packets[start:]``; return how many.
+
+        Raises :class:`PacketTooLarge` (publishing nothing) when one of them could never
+        fit: more than ring size x the announced buffer size, or more than the whole
+        ring's posted buffers hold.
+        """
         free = self.free_slots()
         total = len(packets) - start
-        if total <= 0 or not free:
+        if total <= 0:
+            return 0
+        if not free:
+            _check_fits(packets, start, self.size * self._bsize, self._bsize)
             return 0
         tail = self._tail
         d16 = self.d16
@@ -766,10 +792,17 @@ class M2SProducer(_Ring):
             free -= k
             done += k
             nbytes += sum(lens)
+        if done < total:  # before publishing: refuse now if one of the rest never fits
+            _check_fits(packets, start + done, self.size * self._bsize, self._bsize)
         if done:
             self._publish(tail, done, nbytes)
         if done < total and free:  # chains, or descriptors the fast path would not trust
-            done += self._write_slow(packets, start + done, free)
+            try:
+                done += self._write_slow(packets, start + done, free)
+            except PacketTooLarge:  # posted buffers smaller than announced (see _write_chain)
+                if done:
+                    return done  # published exactly that many; the next call raises
+                raise
         return done
 
     def write_one(self, pkt: Any) -> bool:
@@ -890,6 +923,27 @@ class M2SProducer(_Ring):
             d16[s * _W16 + _F16] = DESC_FLAG_NEXT if k < last else 0
             d32[s * _W32 + _L32] = seg
         return len(slots)
+
+
+def _check_fits(packets: Packets, start: int, capacity: int, bsize: int) -> None:
+    """Raise if a packet of ``packets[start:]`` can never be written to a ring that holds
+    at most ``capacity`` bytes in buffers of ``bsize``: :class:`PacketTooLarge` when it is
+    longer, ``ValueError`` when it is empty.  Waiting for room would never end."""
+    rest = packets[start:] if start else packets
+    if not rest:
+        return
+    lens = list(map(len, rest))
+    longest = max(lens)
+    if longest > capacity or longest > MAX_PACKET_SIZE:
+        i = lens.index(longest)
+        if longest > MAX_PACKET_SIZE:
+            raise PacketTooLarge(f"packet {start + i} of {longest} bytes exceeds MAX_PACKET_SIZE "
+                                 f"({MAX_PACKET_SIZE})")
+        need = -(-longest // bsize)
+        raise PacketTooLarge(f"packet {start + i} of {longest} bytes needs {need} buffers of "
+                             f"{bsize} bytes; the ring has {capacity // bsize}")
+    if not min(lens):
+        raise ValueError(f"cannot send an empty packet (packet {start + lens.index(0)})")
 
 
 def validate_initial_indices(ring: _Ring) -> None:

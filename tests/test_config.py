@@ -40,7 +40,7 @@ def test_defaults() -> None:
 @pytest.mark.parametrize("kwargs,field", [
     ({"num_queue_pairs": 0}, "num_queue_pairs"),
     ({"num_queue_pairs": 257}, "num_queue_pairs"),
-    ({"log2_ring_size": 0}, "log2_ring_size"),
+    ({"log2_ring_size": -1}, "log2_ring_size"),
     ({"log2_ring_size": 15}, "log2_ring_size"),
     ({"packet_buffer_size": 0}, "packet_buffer_size"),
     ({"packet_buffer_size": 65536}, "packet_buffer_size"),
@@ -49,6 +49,13 @@ def test_defaults() -> None:
 def test_memory_config_rejects(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         MemoryConfig(**kwargs)
+
+
+def test_one_slot_rings_are_a_geometry_but_not_a_request() -> None:
+    """A connected master may report log2 0 (legal on the wire); nobody asks for it."""
+    assert MemoryConfig(log2_ring_size=0).region_size() > 0
+    with pytest.raises(ValueError, match="log2_ring_size"):
+        Arguments(id=0, is_master=False, memory_config=MemoryConfig(log2_ring_size=0))
 
 
 @pytest.mark.parametrize("kwargs,field", [

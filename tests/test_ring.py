@@ -474,6 +474,106 @@ def test_m2s_full_ring(rig: Rig) -> None:
 
 
 # ---------------------------------------------------------------------------
+# A packet that can never fit: PacketTooLarge at once, full ring or not (issue 9, item 10)
+# ---------------------------------------------------------------------------
+
+HUGE = 8 * 2048 + 1  # one byte more than the 8-slot ring of 2048-byte buffers holds
+
+
+def _fill_s2m(tx: S2MProducer) -> None:
+    assert tx.write_burst([b"f"] * 8) == 8 and tx.free_slots() == 0
+
+
+def _fill_m2s(stx: M2SProducer) -> None:
+    assert stx.write_burst([b"f"] * 8) == 8 and stx.free_slots() == 0
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["empty", "full"])
+def test_s2m_impossible_packet_raises_at_once(rig: Rig, full: bool) -> None:
+    tx = rig.client_tx()
+    if full:
+        _fill_s2m(tx)
+    head, desc = rig.head(S2M), [rig.desc(S2M, j) for j in range(8)]
+    for write in (lambda: tx.write_burst([pkt(HUGE)]), lambda: tx.write_one(pkt(HUGE)),
+                  lambda: tx.write_burst([b"x", pkt(HUGE)]),
+                  lambda: tx.write_burst([b"a", b"b", pkt(HUGE), b"c"], 1),
+                  lambda: tx.write_burst([pkt(3000), pkt(HUGE)])):
+        with pytest.raises(PacketTooLarge, match="needs 9 buffers"):
+            write()
+    with pytest.raises(ValueError, match="empty"):  # an empty one never fits either
+        tx.write_burst([b"x", b""])
+    # nothing was published, no descriptor changed
+    assert rig.head(S2M) == head and [rig.desc(S2M, j) for j in range(8)] == desc
+    assert tx.stats.packets == (8 if full else 0)
+    assert tx.write_burst([pkt(8 * 2048)]) == (0 if full else 1)  # the largest possible fits
+
+
+def test_s2m_impossible_packet_behind_what_fits_publishes_nothing(rig: Rig) -> None:
+    """The burst is longer than the free room and its tail can never fit: refused before
+    the packets that would fit are published (a write that raises published nothing)."""
+    tx = rig.client_tx()
+    with pytest.raises(PacketTooLarge):
+        tx.write_burst([b"s"] * 9 + [pkt(HUGE)])  # 8 fit now, the 10th never
+    assert rig.head(S2M) == 0 and tx.free_slots() == 8 and tx.stats.packets == 0
+
+
+def test_s2m_packet_above_max_packet_size(request: pytest.FixtureRequest) -> None:
+    r = make_rig(request, log2=10)  # 1024 x 2048 bytes: the ring could hold it
+    tx = r.client_tx()
+    with pytest.raises(PacketTooLarge, match="MAX_PACKET_SIZE"):
+        tx.write_burst([bytes((1 << 20) + 1)])
+    assert r.head(S2M) == 0
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["empty", "full"])
+def test_m2s_impossible_packet_raises_at_once(rig: Rig, full: bool) -> None:
+    crx, stx = rig.client_rx(), rig.server_tx()
+    crx.refill()
+    if full:
+        _fill_m2s(stx)
+    tail = rig.tail(M2S)
+    for write in (lambda: stx.write_burst([pkt(HUGE)]), lambda: stx.write_one(pkt(HUGE)),
+                  lambda: stx.write_burst([b"x", pkt(HUGE)]),
+                  lambda: stx.write_burst([pkt(3000), b"y", pkt(HUGE)])):
+        with pytest.raises(PacketTooLarge):
+            write()
+    assert rig.tail(M2S) == tail and stx.stats.packets == (8 if full else 0)
+
+
+def test_m2s_impossible_packet_before_any_buffer_is_posted(rig: Rig) -> None:
+    """A master knows the client's buffer size from the descriptors it initialised
+    (§6.5) before the client posts anything."""
+    stx = rig.server_tx()
+    assert stx.free_slots() == 0
+    with pytest.raises(PacketTooLarge, match="needs 9 buffers of 2048"):
+        stx.write_burst([pkt(HUGE)])
+    assert stx.write_burst([pkt(8 * 2048)]) == 0  # possible: it waits for buffers
+
+
+def test_m2s_posted_buffers_smaller_than_announced_short_count(rig: Rig) -> None:
+    """The client posts 100-byte buffers although it announced 2048: a chain that cannot
+    fit the whole ring is found only while writing.  What was published before it is
+    reported (a short count); a call starting at that packet raises once the whole ring
+    is posted (before, the buffers still to come might be larger)."""
+    crx, stx = rig.client_rx(), rig.server_tx()
+    crx.refill()
+    offs = rig.bufs(M2S)
+    for j in range(8):
+        rig.put_desc(M2S, j, 0, 0, 100, offs[j])
+    burst = [b"a", b"b", pkt(900)]  # 900 bytes need 9 buffers of 100: never
+    assert stx.write_burst(burst) == 2
+    assert rig.tail(M2S) == 2
+    assert stx.write_burst(burst, 2) == 0  # 6 posted: wait for the rest
+    out: list[bytes] = []
+    assert crx.read_burst(8, out) == 2 and [bytes(p) for p in out] == [b"a", b"b"]
+    for j in range(8):  # the client reposted 2048-byte buffers; make them small again
+        rig.put_desc(M2S, j, 0, 0, 100, offs[j])
+    with pytest.raises(PacketTooLarge, match="whole ring"):
+        stx.write_burst(burst, 2)
+    assert rig.tail(M2S) == 2
+
+
+# ---------------------------------------------------------------------------
 # u16 index wrap-around
 # ---------------------------------------------------------------------------
 
