@@ -106,6 +106,11 @@ def scan(path: str) -> FileInfo:
     return FileInfo(n, first, last - first, linktype, not complete)
 
 
+def _spread(key: bytes, queues: int) -> int:
+    # CRC-32 is linear: a multiplicative (Fibonacci) mix spreads nearby keys over queues
+    return (((zlib.crc32(key) * 0x9E3779B1) & 0xFFFFFFFF) >> 16) % queues
+
+
 def flow_queue(frame: bytes, ip_mode: bool, queues: int) -> int:
     """The queue of ``frame``'s flow: a hash of the IPv4/IPv6 addresses, protocol and
     TCP/UDP/SCTP ports (or of the MAC addresses for non-IP frames)."""
@@ -121,7 +126,7 @@ def flow_queue(frame: bytes, ip_mode: bool, queues: int) -> int:
             et = int.from_bytes(frame[off + 2:off + 4], "big")
             off += 4
         if et not in (0x0800, 0x86DD):
-            return zlib.crc32(frame[:12]) % queues
+            return _spread(frame[:12], queues)
     if len(frame) <= off:
         return 0
     version = frame[off] >> 4
@@ -137,10 +142,10 @@ def flow_queue(frame: bytes, ip_mode: bool, queues: int) -> int:
         fragment = 0
         l4 = off + 40
     else:
-        return zlib.crc32(frame[:12]) % queues
+        return _spread(frame[:12], queues)
     if proto in (6, 17, 132) and not fragment and len(frame) >= l4 + 4:
         key += frame[l4:l4 + 4]
-    return zlib.crc32(key) % queues
+    return _spread(key, queues)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

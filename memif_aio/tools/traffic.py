@@ -251,7 +251,8 @@ async def send(tool: Tool, label: str, items: Iterable[Item], extra: dict[str, A
             await asyncio.gather(reporter, return_exceptions=True)
         line.finish()
     itf = tool.itf
-    if s.down is None and not itf.is_connected() and not tool.stop.is_set():
+    # (a peer that leaves once everything was sent is no failure)
+    if s.down is None and not s.complete and not itf.is_connected() and not tool.stop.is_set():
         s.down = itf.get_disconnect_reason() or "unknown reason"
     if s.down is not None:
         tool.error(f"link down: {s.down}")
