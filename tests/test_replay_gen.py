@@ -30,7 +30,7 @@ from memif_aio import Arguments, Socket
 from memif_aio import packet as pk
 from memif_aio.testpmd import TestPmd
 from memif_aio.tools.gen import IMIX, Flows
-from memif_aio.tools.replay import flow_queue
+from memif_aio.tools.replay import flow_queue, scan, schedule
 from memif_aio.tools.traffic import Pacer
 
 pytestmark = pytest.mark.timeout(90)
@@ -106,6 +106,36 @@ def test_flow_queue_keeps_flows_together() -> None:
     assert all(0 <= q < 4 for qs in by_flow.values() for q in qs)
     assert flow_queue(frames[0][14:], True, 4) == flow_queue(frames[0], False, 4)
     assert flow_queue(b"", False, 4) == 0 and flow_queue(b"\x02" * 60, False, 3) in (0, 1, 2)
+
+
+def test_schedule_offsets_loops_and_a_truncated_file(tmp_path: object) -> None:
+    """The offsets replay paces by, from memory or read again per loop (files over
+    256 MiB): the recorded gaps over --speed, a loop one mean gap after the previous
+    one, timestamps going backwards held; a file cut inside a record keeps its
+    complete records."""
+    src = os.path.join(str(tmp_path), "in.pcap")
+    stamps = [10.0, 10.1, 10.05, 10.4]  # the third goes backwards
+    frames = [(ts, udp_frame(i, 80)) for i, ts in enumerate(stamps)]
+    write_pcap(src, frames)
+    info, records = scan(src, keep=True)
+    assert (info.frames, info.first, info.truncated, info.linktype) == (4, 10.0, False, 1)
+    assert info.span == pytest.approx(0.4)
+    assert records == frames
+    kept = list(schedule(src, info, records, 2.0, None, 2, False, 1))
+    again = list(schedule(src, info, None, 2.0, None, 2, False, 1))
+    assert kept == again
+    # period (0.4 + 0.4 / 3) / 2
+    want = [0.0, 0.05, 0.05, 0.2] + [x + (0.4 + 0.4 / 3) / 2 for x in (0.0, 0.05, 0.05, 0.2)]
+    assert [o for o, _, _ in kept] == pytest.approx(want)
+    assert [f for _, _, f in kept] == [f for _, f in frames] * 2
+    rated = [o for o, _, _ in schedule(src, info, None, 1.0, 100.0, 3, False, 1)]
+    assert rated == pytest.approx([k / 100 for k in range(12)])
+    with open(src, "r+b") as f:  # cut inside the last record's header (16 bytes)
+        f.truncate(os.path.getsize(src) - 80 - 6)
+    info, records = scan(src, keep=False)
+    assert (info.frames, info.truncated, records) == (3, True, None)
+    assert [f for _, _, f in schedule(src, info, None, 1.0, None, 1, False, 1)] == \
+        [f for _, f in frames[:3]]
 
 
 # --- replay against capture -------------------------------------------------------------

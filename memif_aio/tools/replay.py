@@ -1,15 +1,16 @@
 """``memif-aio replay``: send the frames of a pcap or pcapng file through a memif
 interface, at their recorded pace (scaled by ``--speed``) or at a fixed ``--rate``.
 
-The file is read with dpkt (the ``pcap`` extra: ``pip install memif-aio[pcap]``),
-once before the link comes up to check it (link type, frames, timestamps) and
-again for every ``--loop``.  Its link type must suit the interface mode: Ethernet
-(1) for ``ethernet``, raw IP (101, 12, 14, 228, 229) for ``ip``.  Frame *i* is
-due at ``(ts_i - ts_0) / speed`` after the start (timestamps that go backwards
-count as equal to the previous one), or at ``i / rate``; a loop starts one mean
-frame gap after the previous one ended.  With several queue pairs a frame goes to
-the queue of its flow (a hash of its IP addresses, protocol and ports, or of its
-MAC addresses), so the frames of one flow keep their order.
+The file is read with dpkt (the ``pcap`` extra: ``pip install memif-aio[pcap]``)
+before the link comes up, to check it (link type, frames, timestamps); a file of
+up to 256 MiB is kept in memory, a larger one is read again for every ``--loop``.
+Its link type must suit the interface mode: Ethernet (1) for ``ethernet``, raw IP
+(101, 12, 14, 228, 229) for ``ip``.  Frame *i* is due at ``(ts_i - ts_0) / speed``
+after the start (timestamps that go backwards count as equal to the previous
+one), or at ``i / rate``; a loop starts one mean frame gap after the previous one
+ended.  With several queue pairs a frame goes to the queue of its flow (a hash of
+its IP addresses, protocol and ports, or of its MAC addresses), so the frames of
+one flow keep their order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import itertools
 import os
 import sys
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -38,6 +39,8 @@ from .traffic import Item, Sender, add_sender_options, send
 LINKTYPE_ETHERNET = 1
 #: raw IPv4/IPv6: LINKTYPE_RAW, DLT_RAW (12, 14 on OpenBSD), LINKTYPE_IPV4, LINKTYPE_IPV6
 RAW_LINKTYPES = (101, 12, 14, 228, 229)
+#: files up to this size are read once and kept in memory (dpkt reads ~60k records/s)
+PRELOAD_LIMIT = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class FileInfo:
     first: float  #: timestamp of the first frame
     span: float  #: last timestamp (never going backwards) minus the first
     linktype: int
-    truncated: bool  #: the file ends inside a record (those frames are ignored)
+    truncated: bool  #: the file ends inside a record header (that record is ignored)
 
 
 def _open(path: str) -> tuple[IO[bytes], Any]:
@@ -79,20 +82,22 @@ def _records(reader: Any) -> Iterator[tuple[float, bytes]]:
         return  # a record cut short: the file ends there
 
 
-def scan(path: str) -> FileInfo:
-    """Read the whole file once: frames, first timestamp, span, link type."""
+def scan(path: str, keep: bool) -> tuple[FileInfo, list[tuple[float, bytes]] | None]:
+    """Read the whole file once: frames, first timestamp, span, link type; and, with
+    ``keep``, the records themselves (so that the loops do not read it again)."""
+    import dpkt
+
     f, reader = _open(path)
+    records: list[tuple[float, bytes]] | None = [] if keep else None
     with f:
         linktype = int(reader.datalink())
         n = 0
         first = last = 0.0
         complete = True
-        import dpkt
-
         it = iter(reader)
         while True:
             try:
-                ts, _buf = next(it)
+                ts, buf = next(it)
             except StopIteration:
                 break
             except (dpkt.dpkt.Error, ValueError, EOFError):
@@ -103,7 +108,9 @@ def scan(path: str) -> FileInfo:
                 first = last = ts
             last = max(last, ts)
             n += 1
-    return FileInfo(n, first, last - first, linktype, not complete)
+            if records is not None:
+                records.append((ts, bytes(buf)))
+    return FileInfo(n, first, last - first, linktype, not complete), records
 
 
 def _spread(key: bytes, queues: int) -> int:
@@ -178,18 +185,25 @@ def main(ns: argparse.Namespace) -> int:
     return run(ns, "replay", _body)
 
 
-def schedule(path: str, info: FileInfo, speed: float, rate: float | None, loops: int,
-             ip_mode: bool, queues: int) -> Generator[Item, None, None]:
-    """The frames of ``loops`` passes over the file (0: for ever), with their offsets."""
+def schedule(path: str, info: FileInfo, records: list[tuple[float, bytes]] | None,
+             speed: float, rate: float | None, loops: int, ip_mode: bool,
+             queues: int) -> Generator[Item, None, None]:
+    """The frames of ``loops`` passes over the file (0: for ever), with their offsets;
+    from ``records`` when the file was kept in memory, else read again for each pass."""
     gap = info.span / (info.frames - 1) if info.frames > 1 else 0.0
     period = (info.span + gap) / speed
     k = 0
     for lap in itertools.count() if loops == 0 else range(loops):
-        f, reader = _open(path)
-        with f:
+        f: IO[bytes] | None = None
+        if records is not None:
+            source: Iterable[tuple[float, bytes]] = records
+        else:
+            f, reader = _open(path)
+            source = _records(reader)
+        try:
             prev = 0.0
             n = 0
-            for ts, frame in _records(reader):
+            for ts, frame in source:
                 if n == info.frames:
                     break
                 n += 1
@@ -200,11 +214,18 @@ def schedule(path: str, info: FileInfo, speed: float, rate: float | None, loops:
                     offset = lap * period + prev / speed
                 k += 1
                 yield offset, flow_queue(frame, ip_mode, queues) if queues > 1 else 0, frame
+        finally:
+            if f is not None:
+                f.close()
 
 
 async def _body(tool: Tool) -> int:
     ns = tool.ns
-    info = scan(ns.file)
+    try:
+        keep = os.path.getsize(ns.file) <= PRELOAD_LIMIT
+    except OSError:
+        keep = False  # _open reports it
+    info, records = scan(ns.file, keep)
     ip_mode = ns.mode == "ip"
     if ip_mode and info.linktype not in RAW_LINKTYPES:
         raise ToolError(f"{ns.file} has link type {info.linktype}; ip mode sends raw IP "
@@ -225,7 +246,7 @@ async def _body(tool: Tool) -> int:
     speed = ns.speed if ns.speed is not None else 1.0
     nq = len(tool.itf.tx_queues) or 1
     total = None if ns.loop == 0 else info.frames * ns.loop
-    items = schedule(ns.file, info, speed, ns.rate, ns.loop, ip_mode, nq)
+    items = schedule(ns.file, info, records, speed, ns.rate, ns.loop, ip_mode, nq)
 
     def describe(s: Sender) -> str:
         t = s.seconds()
