@@ -247,8 +247,16 @@ def test_replay_refuses_bad_files(sock_dir: str) -> None:
     # a good file, but nobody there: no link within --timeout
     write_pcap(src, [(1.0, udp_frame(1, 64))])
     r = run(sock_dir, "replay", src, "--socket", path, "--timeout", "0.3")
-    os.unlink(src)
     assert r.returncode == 2 and "could not connect" in r.stderr, r.stderr
+    # without dpkt (the pcap extra): a message that says what to install
+    code = ("import sys; sys.modules['dpkt'] = None; from memif_aio.__main__ import main; "
+            f"sys.exit(main(['replay', {src!r}, '--socket', {path!r}, '--timeout', '0.3']))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=sock_dir, env=env(),
+                       capture_output=True, text=True, timeout=30)
+    os.unlink(src)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == "memif-aio replay: reading capture files needs dpkt: pip " \
+        "install 'memif-aio[pcap]'", r.stderr
 
 
 # --- gen ----------------------------------------------------------------------------------

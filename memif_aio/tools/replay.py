@@ -85,9 +85,9 @@ def _records(reader: Any) -> Iterator[tuple[float, bytes]]:
 def scan(path: str, keep: bool) -> tuple[FileInfo, list[tuple[float, bytes]] | None]:
     """Read the whole file once: frames, first timestamp, span, link type; and, with
     ``keep``, the records themselves (so that the loops do not read it again)."""
+    f, reader = _open(path)  # first: it explains a missing dpkt
     import dpkt
 
-    f, reader = _open(path)
     records: list[tuple[float, bytes]] | None = [] if keep else None
     with f:
         linktype = int(reader.datalink())
