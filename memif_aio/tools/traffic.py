@@ -1,8 +1,8 @@
 """What ``memif-aio gen`` and ``memif-aio replay`` share: pacing, the sender, live
 progress and the summary.
 
-Pacing is a token bucket on the event loop's clock, written as an absolute
-schedule: packet *i* is due at ``start + offset(i)`` (``i / rate``, or the
+Pacing is a token bucket on the monotonic clock (the default event loop's clock),
+written as an absolute schedule: packet *i* is due at ``start + offset(i)`` (``i / rate``, or the
 recorded time of a frame divided by ``--speed``), and everything already due goes
 out at once, in bursts of at most ``--burst`` packets per write.  Sleeping never
 accumulates drift: a late wake-up is made up by the next burst.  The bucket depth is
@@ -102,8 +102,10 @@ class Sender:
         self.tool = tool
         self.label = label
         self.burst: int = tool.ns.burst
-        loop = asyncio.get_running_loop()
-        self.pacer = Pacer(loop.time)
+        # the monotonic clock: the default loop's own; uvloop's loop.time() is cached
+        # per loop iteration (in milliseconds), so a schedule started on it could
+        # begin in the past and send its first packets early
+        self.pacer = Pacer(time.monotonic)
         self.packets = 0
         self.bytes = 0
         self.waits = 0
@@ -192,7 +194,7 @@ class Sender:
             if npending:
                 await flush()
             if self.complete and end_at is not None and not stop.is_set():
-                wait = pacer.at(end_at) - loop.time()
+                wait = pacer.at(end_at) - pacer.clock()
                 if wait > 0:
                     await self.tool.until([], end=loop.time() + wait)
         except Disconnected as exc:
