@@ -8,6 +8,8 @@ The public surface follows gomemif in Python style::
         pkt = await itf.get_rx_queue(0).read_packet()
 """
 
+import logging
+
 from .capture import Capture, PcapWriter
 from .config import (
     DEFAULT_LOG2_RING_SIZE,
@@ -50,6 +52,9 @@ from .wire import (
 )
 
 __version__ = "0.1.0"
+
+# a library adds no output of its own: the application configures logging
+logging.getLogger("memif_aio").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_LOG2_RING_SIZE",

@@ -8,7 +8,7 @@ Subcommands:
     every byte was verified.
 ``version``
     Print the package and memif protocol versions.
-``responder``, ``ping``, ``bench``, ``capture``, ``show``
+``responder``, ``ping``, ``bench``, ``capture``, ``show``, ``replay``, ``gen``
     The tools of :mod:`memif_aio.tools` (see docs/cli.md).
 
 ``demo-peer`` is the hidden child side of ``demo``.
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         version=f"memif-aio {__version__} (memif {VERSION_MAJOR}.{VERSION_MINOR})")
     sub = parser.add_subparsers(
         dest="command", required=True,
-        metavar="{demo,version,responder,ping,bench,capture,show}")
+        metavar="{demo,version,responder,ping,bench,capture,show,replay,gen}")
 
     demo = sub.add_parser(
         "demo", help="master here, slave in a child process: verified traffic both ways",

@@ -589,15 +589,14 @@ def test_capture_command_limits_and_ip_mode(sock_dir: str, tools: list[Tool]) ->
         assert len(buf) == 40
         ip = dpkt.ip.IP(buf)
         assert (ip.len, ip.p, ip.dst) == (84, 1, pk.parse_ip("10.1.1.1"))
-    # --duration ends it too (no traffic at all: an empty but valid file)
+    # --duration counts from the start: with no peer at all it ends by itself, long
+    # before --timeout (an empty but valid file)
     cap = start(tools, sock_dir, "capture", "-w", pcap, "--socket", path, "--role", "master",
-                "--duration", "0.5")
-    wait_path(path)
-    r = run(sock_dir, "bench", "rx", "--socket", path, "--duration", "5", "--progress", "0")
-    rc, out, err = cap.finish()
+                "--duration", "0.5", "--timeout", "120")
+    rc, out, err = cap.finish(timeout=60)
     assert rc == 0 and "0 packets (0 received, 0 sent)" in err, out + err
+    assert "memif-aio capture: --duration 0.5 s ended before a link came up" in err, err
     assert read_pcap(pcap) == (LINKTYPE_ETHERNET, [])
-    assert r.returncode == 1 and "bench rx: 0 packets" in r.stdout  # it saw nothing
     os.unlink(pcap)
     # an unwritable file: exit status 2
     r = run(sock_dir, "capture", "-w", os.path.join(sock_dir, "no", "such.pcap"), "--socket",
@@ -758,6 +757,71 @@ async def test_status_endpoint_library(sock_path: str, no_leaks: None) -> None:
         doc = await asyncio.to_thread(query_status, ep.name)
         assert doc["interfaces"] == [] and doc["app"] == "abs"
     assert find_endpoints(name) == []
+
+
+# --- issue 13 §5: --duration from the start, --timeout 0, no log output by default ------------
+
+
+def _help(sock_dir: str, tool: str) -> str:
+    r = run(sock_dir, tool, "--help")
+    assert r.returncode == 0, r.stderr
+    return " ".join(r.stdout.split())  # argparse wraps lines
+
+
+@pytest.mark.parametrize("role", ["master", "slave"])
+def test_responder_duration_counts_from_the_start(sock_dir: str, tools: list[Tool],
+                                                  role: str) -> None:
+    """``responder --duration 1 --timeout 120`` with no peer ends by itself after the
+    duration (it used to wait for a link first); exit status 0, as --help says."""
+    path = os.path.join(sock_dir, "memif.sock")
+    resp = start(tools, sock_dir, "responder", "--socket", path, "--role", role,
+                 "--duration", "1", "--timeout", "120")
+    rc, out, err = resp.finish(timeout=60)  # far less than --timeout
+    assert rc == 0, out + err
+    assert "memif-aio responder: --duration 1 s ended before a link came up" in err, err
+    assert "answered 0 ARP and 0 echo requests, ignored 0 packets" in out, out
+    for tool in ("responder", "capture"):
+        assert "stop this long after the start, whether or not a link came up" in \
+            _help(sock_dir, tool)
+
+
+def test_timeout_0_waits_for_a_peer_forever(sock_dir: str, tools: list[Tool]) -> None:
+    """--timeout 0 is accepted and means no limit: a slave responder keeps retrying
+    until a master comes; a ping with --timeout 0 resolves ARP without a limit."""
+    path = os.path.join(sock_dir, "memif.sock")
+    resp = start(tools, sock_dir, "responder", "--socket", path, "--role", "slave",
+                 "--timeout", "0")
+    resp.wait_for("answering for")
+    time.sleep(1.0)  # with a zero deadline it would have given up at once
+    assert resp.proc.poll() is None, resp.finish()
+    r = run(sock_dir, "ping", "--socket", path, "--role", "master", "-c", "2", "-i", "0.05",
+            "--timeout", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_ping_output(r.stdout, 2)
+    resp.signal(signal.SIGINT)
+    rc, out, err = resp.finish()
+    assert rc == 0 and "answered 1 ARP and 2 echo requests" in out, out + err
+    assert "0 waits for a peer forever" in _help(sock_dir, "responder")
+    r = run(sock_dir, "responder", "--socket", path, "--timeout", "-1")
+    assert r.returncode == 2 and "0 for no limit" in r.stderr, r.stderr
+
+
+def test_library_logs_nothing_unless_configured(sock_dir: str) -> None:
+    """memif_aio adds a NullHandler: its warnings do not reach stderr through Python's
+    last-resort handler, and still show once the application configures logging."""
+    import logging
+
+    import memif_aio
+
+    assert any(isinstance(h, logging.NullHandler)
+               for h in logging.getLogger(memif_aio.__name__).handlers)
+    emit = "import logging, memif_aio; logging.getLogger('memif_aio.interface').warning('w')"
+    r = subprocess.run([sys.executable, "-c", emit], cwd=sock_dir, env=env(),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(); " + emit],
+                       cwd=sock_dir, env=env(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == "WARNING:memif_aio.interface:w\n", r.stderr
 
 
 # --- DPDK testpmd ------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..queue import Queue
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    ProgressLine,
     Tool,
     add_interface_options,
     fmt_rate,
@@ -195,21 +196,6 @@ class Bench:
         except Disconnected:
             return
 
-    # --- end of a tx run -----------------------------------------------------------------
-    def drained(self) -> bool:
-        itf = self.tool.itf
-        try:
-            for q in itf.tx_queues:
-                st = q.stats()
-                if itf.is_master():  # M2S: the slave posts buffers (head) we fill (tail)
-                    if (st.head - st.tail) & 0xFFFF != st.ring_size:
-                        return False
-                elif st.head != st.tail:  # S2M: we publish head, the master's tail follows
-                    return False
-        except MemifError:
-            return True
-        return True
-
 
 def _json_summary(b: Bench, tool: Tool, seconds: float, down: str | None,
                   status: int) -> dict[str, Any]:
@@ -224,13 +210,11 @@ def _json_summary(b: Bench, tool: Tool, seconds: float, down: str | None,
 
 
 class Progress:
-    """One line per period: redrawn with ``\\r`` on a terminal, appended otherwise."""
+    """One line per period (:class:`ProgressLine`), with the rate since the last one."""
 
     def __init__(self, stream: TextIO, label: str) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.line = ProgressLine(stream)
         self.label = label
-        self.width = 0
         self.prev = (0, time.monotonic())
 
     def update(self, t: Totals, elapsed: float) -> None:
@@ -238,20 +222,11 @@ class Progress:
         p0, t0 = self.prev
         rate = (t.packets - p0) / (now - t0) if now > t0 else 0.0
         self.prev = (t.packets, now)
-        line = (f"{self.label} {elapsed:7.1f} s  {t.packets:>12} packets  "
-                f"{fmt_rate(rate, 'pkt/s'):>14}  drops {t.drops}")
-        if self.tty:
-            pad = max(0, self.width - len(line))
-            self.width = len(line)
-            self.stream.write("\r" + line + " " * pad)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self.line.show(f"{self.label} {elapsed:7.1f} s  {t.packets:>12} packets  "
+                       f"{fmt_rate(rate, 'pkt/s'):>14}  drops {t.drops}")
 
     def finish(self) -> None:
-        if self.tty and self.width:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.line.finish()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -356,10 +331,8 @@ async def _body(tool: Tool) -> int:
     if ended and not b.done.is_set():
         down = itf.get_disconnect_reason() or "unknown reason"
         tool.error(f"link down: {down}")
-    if b.mode == "tx" and itf.is_connected():
-        deadline = loop.time() + DRAIN_TIMEOUT
-        while not b.drained() and loop.time() < deadline and not tool.stop.is_set():
-            await asyncio.sleep(0.01)
+    if b.mode == "tx":
+        await tool.drain(DRAIN_TIMEOUT)
     if ns.linger and itf.is_connected():
         await tool.until([], end=loop.time() + ns.linger)
     t = b.t

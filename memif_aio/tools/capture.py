@@ -5,7 +5,8 @@ The interface also does something with the traffic (``--act``): ``sink`` (the
 default) reads and discards, ``responder`` answers ARP and ICMP echo like
 ``memif-aio responder``, ``echo`` sends every packet back.  What it receives and
 what it sends are both recorded, through :mod:`memif_aio.capture`.  The run ends
-after ``--count`` packets, ``--duration`` seconds, or SIGINT/SIGTERM; the link
+after ``--count`` packets, ``--duration`` seconds from the start (the wait for
+the first link counts), or SIGINT/SIGTERM; the link
 may go down and come back meanwhile.  Messages go to stderr (like tcpdump), so
 ``-w -`` can write the pcap to stdout.
 """
@@ -50,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--count", type=int_range(1, 1 << 62), default=None, metavar="PACKETS",
                    help="stop after writing this many packets (default: no limit)")
     p.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
-                   help="stop after this long once the link is up (default: no limit)")
+                   help="stop this long after the start, whether or not a link came up "
+                        "(the wait for a link counts; default: no limit)")
     p.add_argument("--act", choices=("sink", "responder", "echo"), default="sink",
                    help="what the interface does with what it receives (default: %(default)s)")
     p.add_argument("--direction", choices=("both", "rx", "tx"), default="both",
@@ -107,11 +109,16 @@ async def _body(tool: Tool) -> int:
             per_queue = _echo if ns.act == "echo" else _sink
         # record from the first packet on, even one that arrives before connect() returns
         cap.attach(tool.itf)
-        if not await tool.connect():
+        loop = asyncio.get_running_loop()
+        end = None if ns.duration is None else loop.time() + ns.duration
+        if not await tool.connect(end):
+            if not tool.stop.is_set():
+                tool.error(f"--duration {ns.duration:g} s ended before a link came up")
             return EXIT_OK
         tool.say(tool.link_summary())
         if not cap.done:
-            await tool.serve(per_queue, duration=ns.duration, done=cap.stopped)
+            left = None if end is None else max(0.0, end - loop.time())
+            await tool.serve(per_queue, duration=left, done=cap.stopped)
     finally:
         cap.close()
         tool.say(f"{tool.prog}: {cap.packets} packets ({cap.received} received, {cap.sent} "

@@ -76,6 +76,18 @@ def positive_float(text: str) -> float:
     return v
 
 
+def timeout_arg(text: str) -> float:
+    """A non-negative number of seconds; 0 means no limit."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds, 0 for no limit: {text!r}")
+    return v
+
+
 def mac_arg(text: str) -> bytes:
     try:
         return parse_mac(text)
@@ -116,9 +128,10 @@ def add_interface_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="how receive queues wait: eventfd interrupts, busy polling, or "
                         "adaptive (default: %(default)s)")
     g.add_argument("--name", default=command, help="interface name (default: %(default)s)")
-    g.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
+    g.add_argument("--timeout", type=timeout_arg, default=10.0, metavar="SECONDS",
                    help="how long to wait for the link to come up; a slave retries "
-                        "connecting until then (default: %(default)s)")
+                        "connecting until then; 0 waits for a peer forever "
+                        "(default: %(default)s)")
     g.add_argument("--no-status", action="store_true",
                    help="do not serve the status endpoint <socket>.ctl that "
                         "'memif-aio show' reads")
@@ -155,6 +168,32 @@ def fmt_rate(value: float, unit: str) -> str:
         if value >= scale:
             return f"{value / scale:.2f} {prefix}{unit}"
     return f"{value:.0f} {unit}"
+
+
+class ProgressLine:
+    """A progress line: redrawn in place with ``\\r`` on a terminal, one plain line
+    per update otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.width = 0
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            pad = max(0, self.width - len(line))
+            self.width = len(line)
+            self.stream.write("\r" + line + " " * pad)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End a redrawn line (before the next output)."""
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -195,20 +234,22 @@ class Tool:
                 f"as {'master' if itf.is_master() else 'slave'}: {len(itf.tx_queues)} queue "
                 f"pair(s), ring {1 << mc.log2_ring_size}, buffer {mc.packet_buffer_size}")
 
-    async def connect(self) -> bool:
-        """Wait for the first link up, at most ``--timeout`` seconds.  False when
-        stopped by a signal first; :class:`ToolError` (status 2) when the peer refused
-        the connection (its reason) or nothing connected in time."""
+    async def connect(self, end: float | None = None) -> bool:
+        """Wait for the first link up, at most ``--timeout`` seconds (0: no limit).
+        False when stopped by a signal first, or when the loop time ``end`` (the end
+        of a ``--duration`` counted from the start) came first; :class:`ToolError`
+        (status 2) when the peer refused the connection (its reason) or nothing
+        connected in time."""
         itf = self.itf
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ns.timeout
+        deadline = loop.time() + self.ns.timeout if self.ns.timeout > 0 else None
         while not itf.is_connected():
-            if self.stop.is_set():
+            if self.stop.is_set() or (end is not None and loop.time() >= end):
                 return False
             reason = itf.get_disconnect_reason()
             if reason and not itf.is_master():
                 raise ToolError(f"connection refused: {reason}")
-            if loop.time() >= deadline:
+            if deadline is not None and loop.time() >= deadline:
                 t = self.ns.timeout
                 if itf.is_master():
                     last = f" (last refused: {reason})" if reason else ""
@@ -218,6 +259,30 @@ class Tool:
                 raise ToolError(f"could not connect to {self.ns.socket} within {t:g} s: {why}")
             await asyncio.sleep(_POLL)
         return True
+
+    def drained(self) -> bool:
+        """The peer has taken every packet we published on our transmit rings (or
+        the link is down)."""
+        itf = self.itf
+        try:
+            for q in itf.tx_queues:
+                st = q.stats()
+                if itf.is_master():  # M2S: the slave posts buffers (head) we fill (tail)
+                    if (st.head - st.tail) & 0xFFFF != st.ring_size:
+                        return False
+                elif st.head != st.tail:  # S2M: we publish head, the master's tail follows
+                    return False
+        except MemifError:
+            return True
+        return True
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for :meth:`drained` (not after a signal)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.itf.is_connected() and not self.drained() and loop.time() < deadline \
+                and not self.stop.is_set():
+            await asyncio.sleep(0.01)
 
     def finished(self, done: asyncio.Event | None = None, end: float | None = None) -> bool:
         """The stop event, ``done``, or the loop time ``end`` has come."""

@@ -1,7 +1,7 @@
 """``memif-aio ping``: ICMP echo requests through a memif interface.
 
 In ``ethernet`` mode it first resolves the destination's MAC address with ARP
-(requests every 200 ms until a reply, for at most ``--timeout`` seconds), then
+(requests every 200 ms until a reply, for at most ``--timeout`` seconds; 0: no limit), then
 sends echo requests to it; in ``ip`` mode it sends bare IPv4 packets.  It answers
 ARP requests for its own ``--ip`` (a VPP peer asks before replying).  Output and
 exit status follow ``ping(8)``: one line per reply, then the statistics; 0 when
@@ -161,7 +161,7 @@ class Pinger:
     async def resolve(self, tx: Queue, timeout: float) -> bool:
         assert self.my_mac is not None
         req = arp_frame(ARP_REQUEST, self.my_mac, self.my_ip, bytes(6), self.dest)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout if timeout > 0 else math.inf  # 0: no limit
         while not self.arp_done.is_set():
             if self.tool.stop.is_set() or time.monotonic() >= deadline:
                 return False

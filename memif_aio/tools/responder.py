@@ -6,7 +6,8 @@ echo requests sent to ``--ip`` (and to ``--mac`` or broadcast); in ``ip`` mode t
 packets are bare IPv4 and it answers the echo requests.  Every queue pair is
 served: a reply leaves on the queue its request came in on.  The link may go down
 and come back (a master waits for the next slave, a slave reconnects); the run
-ends on SIGINT/SIGTERM or after ``--duration``.
+ends on SIGINT/SIGTERM or ``--duration`` seconds after the start (the wait for
+the first link counts).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--mac", type=mac_arg, default=mac_arg(DEFAULT_MAC), metavar="MAC",
                    help=f"our MAC address, ethernet mode (default: {DEFAULT_MAC})")
     p.add_argument("--duration", type=positive_float, default=None, metavar="SECONDS",
-                   help="stop after this long (default: run until SIGINT/SIGTERM)")
+                   help="stop this long after the start, whether or not a link came up "
+                        "(the wait for a link counts; default: run until SIGINT/SIGTERM)")
     add_interface_options(p, "responder")
     p.set_defaults(func=main)
 
@@ -106,12 +108,13 @@ async def _body(tool: Tool) -> int:
     where = f"{format_ip(ns.ip)}" + (f" at {format_mac(mac)}" if mac else "")
     tool.say(f"{tool.prog}: answering for {where} on {ns.socket} as {ns.role} (id {ns.id})")
     loop = asyncio.get_running_loop()
-    start = loop.time()
-    if not await tool.connect():
-        return EXIT_OK
-    tool.say(tool.link_summary())
-    left = None if ns.duration is None else max(0.0, ns.duration - (loop.time() - start))
-    await tool.serve(resp.serve_queue, duration=left)
+    end = None if ns.duration is None else loop.time() + ns.duration
+    if await tool.connect(end):
+        tool.say(tool.link_summary())
+        left = None if end is None else max(0.0, end - loop.time())
+        await tool.serve(resp.serve_queue, duration=left)
+    elif not tool.stop.is_set():
+        tool.error(f"--duration {ns.duration:g} s ended before a link came up")
     c = resp.counters
     tool.say(f"{tool.prog}: answered {c.arp} ARP and {c.echo} echo requests, "
              f"ignored {c.ignored} packets")
