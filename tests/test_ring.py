@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from leaks import memfd_mappings
@@ -494,10 +494,12 @@ def test_s2m_impossible_packet_raises_at_once(rig: Rig, full: bool) -> None:
     if full:
         _fill_s2m(tx)
     head, desc = rig.head(S2M), [rig.desc(S2M, j) for j in range(8)]
-    for write in (lambda: tx.write_burst([pkt(HUGE)]), lambda: tx.write_one(pkt(HUGE)),
-                  lambda: tx.write_burst([b"x", pkt(HUGE)]),
-                  lambda: tx.write_burst([b"a", b"b", pkt(HUGE), b"c"], 1),
-                  lambda: tx.write_burst([pkt(3000), pkt(HUGE)])):
+    writes: tuple[Callable[[], object], ...] = (
+        lambda: tx.write_burst([pkt(HUGE)]), lambda: tx.write_one(pkt(HUGE)),
+        lambda: tx.write_burst([b"x", pkt(HUGE)]),
+        lambda: tx.write_burst([b"a", b"b", pkt(HUGE), b"c"], 1),
+        lambda: tx.write_burst([pkt(3000), pkt(HUGE)]))
+    for write in writes:
         with pytest.raises(PacketTooLarge, match="needs 9 buffers"):
             write()
     with pytest.raises(ValueError, match="empty"):  # an empty one never fits either
@@ -532,9 +534,11 @@ def test_m2s_impossible_packet_raises_at_once(rig: Rig, full: bool) -> None:
     if full:
         _fill_m2s(stx)
     tail = rig.tail(M2S)
-    for write in (lambda: stx.write_burst([pkt(HUGE)]), lambda: stx.write_one(pkt(HUGE)),
-                  lambda: stx.write_burst([b"x", pkt(HUGE)]),
-                  lambda: stx.write_burst([pkt(3000), b"y", pkt(HUGE)])):
+    swrites: tuple[Callable[[], object], ...] = (
+        lambda: stx.write_burst([pkt(HUGE)]), lambda: stx.write_one(pkt(HUGE)),
+        lambda: stx.write_burst([b"x", pkt(HUGE)]),
+        lambda: stx.write_burst([pkt(3000), b"y", pkt(HUGE)]))
+    for write in swrites:
         with pytest.raises(PacketTooLarge):
             write()
     assert rig.tail(M2S) == tail and stx.stats.packets == (8 if full else 0)
