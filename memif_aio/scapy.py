@@ -41,6 +41,7 @@ Design (see docs/scapy.md):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -48,6 +49,7 @@ import random
 import select as _select
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -77,6 +79,8 @@ _BURST = 64
 #: the ``tx_timeout`` given to interfaces this module opens, unless the caller sets one
 DEFAULT_TX_TIMEOUT = 5.0
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+#: bound for each step of close(): the shutdown on the loop, then joining its thread
+CLOSE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,7 @@ class MemifSocket(SuperSocket):
         self._itf: Interface | None = None
         self._pump: asyncio.Task[None] | None = None
         self._inbox = _Inbox(buffer_size)
+        _live.add(self)
         if self.mode == InterfaceMode.ETHERNET:
             self.basecls: type[Packet] = Ether
         elif self.mode == InterfaceMode.IP:
@@ -316,15 +321,20 @@ class MemifSocket(SuperSocket):
 
     # --- the loop side ----------------------------------------------------------------
     def _run_loop(self) -> None:
+        """The private loop's thread: runs until close() stops the loop, then closes it."""
         asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
+        try:
+            self._loop.run_forever()
+        finally:
+            _close_loop(self._loop)
+            asyncio.set_event_loop(None)
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result (cancelled if we are
-        interrupted, so that nothing keeps running for a caller that gave up)."""
+        interrupted or time out, so that nothing keeps running for a caller that gave up)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return fut.result()
+            return fut.result(timeout)
         except BaseException:
             if not fut.done():
                 fut.cancel()
@@ -494,6 +504,7 @@ class MemifSocket(SuperSocket):
             if self.closed:
                 return
             self.closed = True
+        _live.discard(self)
         try:
             self._teardown()
         finally:
@@ -503,7 +514,7 @@ class MemifSocket(SuperSocket):
         loop = self._loop
         if loop.is_closed():
             return
-        if _running_loop() is loop:  # e.g. garbage collected on the loop: cannot wait here
+        if _running_loop() is loop:  # e.g. closed by a callback on the loop: cannot wait here
             task = loop.create_task(self._shutdown())
             if self._thread is not None:
                 task.add_done_callback(lambda _t: loop.stop())
@@ -513,19 +524,34 @@ class MemifSocket(SuperSocket):
         alive = self._thread.is_alive() if self._thread is not None else loop.is_running()
         if alive:
             try:
-                self._call(self._shutdown())
+                self._call(self._shutdown(), CLOSE_TIMEOUT)
             except Exception as exc:
                 log.warning("memif scapy socket: error while closing: %r", exc)
         if self._thread is not None:
             loop.call_soon_threadsafe(loop.stop)
-            self._thread.join()
+            self._thread.join(CLOSE_TIMEOUT)
+            if self._thread.is_alive():
+                log.warning("memif scapy socket: its loop thread did not stop within %s s",
+                            CLOSE_TIMEOUT)
+                return
             self._thread = None
-            _close_loop(loop)
 
     def __repr__(self) -> str:
         role = "master" if self._itf is not None and self._itf.is_master() else "slave"
         return f"<MemifSocket {self.iface} {role} {self.mode.name}" + \
             (" closed>" if self.closed else ">")
+
+
+#: open sockets: the receive task keeps a socket alive (so ``__del__`` does not run) until
+#: it is closed; those still open at interpreter exit are closed then, while their loop
+#: threads still run, so that a forgotten socket leaves no socket file behind
+_live: weakref.WeakSet[MemifSocket] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for s in list(_live):
+        s.close()
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:

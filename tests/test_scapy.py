@@ -421,6 +421,18 @@ def test_constructor_failure_leaves_nothing(sock_dir: str, sock_path: str, no_le
         MemifSocket(sock_path, buffer_size=0)
 
 
+def test_forgotten_sockets_are_closed_at_exit(sock_dir: str) -> None:
+    """A script that never closes its sockets still leaves no socket file behind."""
+    code = ("import sys; from memif_aio.scapy import MemifSocket; "
+            "m = MemifSocket(sys.argv[1], is_master=True, connect_timeout=None); "
+            "s = MemifSocket(sys.argv[1]); m.wait_connected(5); print(m.is_connected())")
+    path = os.path.join(sock_dir, "memif.sock")
+    r = subprocess.run([sys.executable, "-c", code, path], env=tt.env(), capture_output=True,
+                       text=True, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "True\n", "")
+    assert os.listdir(sock_dir) == []
+
+
 def test_import_memif_aio_does_not_load_scapy() -> None:
     code = ("import sys, memif_aio; "
             "assert not [m for m in sys.modules if m == 'scapy' or m.startswith(('scapy.', "
