@@ -128,8 +128,9 @@ class _Inbox:
         return self._fd
 
     def put(self, frames: Sequence[bytes], stamp: float) -> None:
-        """Loop thread: buffer ``frames`` (tail drop beyond the limit)."""
-        warn = 0
+        """Loop thread: buffer ``frames`` (tail drop beyond the limit).  The warning is
+        logged under the lock, so that whoever sees the drop in the counters also finds
+        it in the log."""
         with self._lock:
             if self.closed:
                 return
@@ -143,13 +144,11 @@ class _Inbox:
                 self.dropped += lost
                 if not self._overflowing:
                     self._overflowing = True
-                    warn = self.dropped
+                    log.warning("memif scapy socket: receive buffer full (%d frames): "
+                                "dropping new frames (%d dropped so far); read faster or "
+                                "raise buffer_size", self.limit, self.dropped)
             if was_empty and self._frames:
                 os.eventfd_write(self._fd, 1)
-        if warn:
-            log.warning("memif scapy socket: receive buffer full (%d frames): dropping "
-                        "new frames (%d dropped so far); read faster or raise buffer_size",
-                        self.limit, warn)
 
     def get(self) -> tuple[float, bytes] | None:
         """Take the oldest frame, or None if there is none."""
@@ -194,6 +193,11 @@ class _Inbox:
         if self.closed and not self._holders and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _check_buffer_size(n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError("buffer_size must be an int of at least 1")
 
 
 def _random_mac() -> str:
@@ -249,12 +253,12 @@ class MemifSocket(SuperSocket):
         arguments.setdefault("name", "scapy")
         arguments.setdefault("tx_timeout", DEFAULT_TX_TIMEOUT)
         args = Arguments(id=id, is_master=is_master, **arguments)  # ValueError names the field
+        _check_buffer_size(buffer_size)
+        self._loop = (loop_factory or asyncio.new_event_loop)()
         self._setup(args, buffer_size, src_mac, dst_mac, f"memif:{path}#{id}")
         self._owned = True
         self._sock: Socket | None = None
         self._path = path
-        loop = (loop_factory or asyncio.new_event_loop)()
-        self._loop = loop
         self._thread: threading.Thread | None = threading.Thread(
             target=self._run_loop, name=f"memif-scapy-{id}", daemon=True)
         self._thread.start()
@@ -281,13 +285,14 @@ class MemifSocket(SuperSocket):
                                "from another thread (e.g. asyncio.to_thread)")
         if not loop.is_running():
             raise RuntimeError("the interface's event loop is not running")
+        _check_buffer_size(buffer_size)
         self = cls.__new__(cls)
+        self._loop = loop
         self._setup(itf.get_arguments(), buffer_size, src_mac, dst_mac,
                     f"memif:{itf.get_socket().get_filename()}#{itf.get_id()}")
         self._owned = False
         self._sock = None
         self._path = itf.get_socket().get_filename()
-        self._loop = loop
         self._thread = None
         self._itf = itf
         try:
@@ -299,8 +304,6 @@ class MemifSocket(SuperSocket):
 
     def _setup(self, args: Arguments, buffer_size: int, src_mac: str | None, dst_mac: str,
                label: str) -> None:
-        if buffer_size < 1:
-            raise ValueError("buffer_size must be at least 1")
         self.closed = False
         self._close_lock = threading.Lock()
         self.mode = InterfaceMode(args.mode)
@@ -332,6 +335,10 @@ class MemifSocket(SuperSocket):
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result (cancelled if we are
         interrupted or time out, so that nothing keeps running for a caller that gave up)."""
+        if _running_loop() is self._loop:
+            coro.close()
+            raise RuntimeError("a blocking MemifSocket call on the event loop it needs: call "
+                               "it from another thread (e.g. asyncio.to_thread)")
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return fut.result(timeout)
@@ -373,6 +380,10 @@ class MemifSocket(SuperSocket):
                     await asyncio.sleep(0)  # a flood must not starve sends on this loop
             except Disconnected:
                 continue
+            except Exception:  # a bug: say so rather than stop receiving unnoticed
+                log.exception("memif scapy socket: the receive task failed; nothing more "
+                              "will be received")
+                return
 
     async def _write(self, frame: bytes) -> int:
         assert self._itf is not None

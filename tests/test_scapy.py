@@ -334,6 +334,8 @@ async def test_from_interface(sock_path: str, no_leaks: None, no_threads_left: N
         s = await asyncio.to_thread(MemifSocket.from_interface, slave, loop)
         try:
             assert s.interface is slave and s.is_connected()
+            with pytest.raises(RuntimeError, match="another thread"):
+                s.send(echo(1))  # on the loop it needs: refused, not a deadlock
             await master.get_tx_queue(0).write_burst(frames(3))
             got = await asyncio.to_thread(s.sniff, count=3, timeout=10)
             assert [bytes(p) for p in got] == frames(3)
@@ -384,7 +386,7 @@ def test_close_leaves_nothing_behind(sock_dir: str, sock_path: str, no_leaks: No
     assert not receiver.is_alive() and not blocked
     receiver = threading.Thread(target=recv)
     receiver.start()
-    time.sleep(0.1)  # let it block (it is woken by close either way)
+    wait_until(lambda: m._inbox._holders == 1, "recv() blocked in select")
     m.close()
     receiver.join(10)
     assert not receiver.is_alive() and len(blocked) == 1 and isinstance(blocked[0], EOFError)
