@@ -26,7 +26,7 @@ import uvloop
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
-from scapy.sendrecv import AsyncSniffer, sniff
+from scapy.sendrecv import AsyncSniffer, sendp, sniff
 
 from memif_aio import Arguments, InterfaceMode, NotConnected, Socket
 from memif_aio.scapy import MemifSocket
@@ -265,7 +265,12 @@ async def test_send_reaches_memif_aio(sock_path: str, no_leaks: None,
                 got = Ether(await asyncio.wait_for(rx.read_packet(), 5))
                 assert (got.src, got.dst) == (OUR_MAC, RESPONDER_MAC)
                 assert bytes(got[IP]) == bytes(p[IP])
-            assert s.stats().sent == 3
+            # scapy's sendp() on the opened socket (which it leaves open)
+            await asyncio.to_thread(sendp, [Ether() / echo(q) for q in (10, 11)], socket=s,
+                                    verbose=0)
+            both = [Ether(await asyncio.wait_for(rx.read_packet(), 5)) for _ in range(2)]
+            assert [p[ICMP].seq for p in both] == [10, 11] and not s.closed
+            assert s.stats().sent == 5
             # link down: send raises; the socket follows the link back up
             await slave.disconnect()
             wait = asyncio.to_thread(wait_until, lambda: not s.is_connected(), "link down")
