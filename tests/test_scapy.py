@@ -45,7 +45,7 @@ RESPONDER_IP = "192.168.1.1"
 RESPONDER_MAC = "02:fe:00:00:00:01"  # memif-aio responder's default
 OUR_IP = "192.168.1.2"
 OUR_MAC = "02:00:00:00:00:02"
-WATCHDOG = "memif_aio eventfd watchdog"  # the library's own process-wide thread
+ADAPTER_THREAD = "memif-scapy-"
 
 
 @pytest.fixture(params=list(PRIVATE_LOOPS), ids=list(PRIVATE_LOOPS))
@@ -55,12 +55,13 @@ def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.Abstrac
 
 @pytest.fixture
 def no_threads_left() -> Iterator[None]:
-    """Every thread a test started (the adapters' loops) has ended by the end."""
-    before = set(threading.enumerate())
+    """Every adapter thread (``memif-scapy-<id>``, a private loop) has ended by the end.
+    Only those are checked: asyncio's child watcher (``asyncio-waitpid-N``) and the
+    library's eventfd watchdog are not the adapter's and outlive a test legitimately."""
+    assert not [t for t in threading.enumerate() if t.name.startswith(ADAPTER_THREAD)]
     yield
-    left = [t.name for t in threading.enumerate()
-            if t not in before and t.name != WATCHDOG and t.is_alive()]
-    assert not left, f"threads left running: {left}"
+    left = [t.name for t in threading.enumerate() if t.name.startswith(ADAPTER_THREAD)]
+    assert not left, f"adapter threads left running: {left}"
 
 
 def echo(seq: int, dst: str = RESPONDER_IP) -> IP:
