@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import enum
 import hmac
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Union
 
 from .errors import ProtocolViolation
-from .memory import ClientLayout, Region, close_fds, is_eventfd, new_eventfd
+from .eventfd import check_peer_eventfd, new_eventfd
+from .memory import ClientLayout, Region, close_fds
 from .ring import (
     M2SConsumer,
     M2SProducer,
@@ -356,11 +356,7 @@ class ServerHandshake(_Machine):
             raise ProtocolViolation("missing ring interrupt fd")
         self._held_fds.append(fd)  # owned from here on; closed at teardown
         self._pending_fd = None
-        if not is_eventfd(fd):
-            raise ProtocolViolation("ring interrupt fd is not an eventfd")
-        # Every reference client creates it with EFD_NONBLOCK (§2.5); a blocking one would
-        # hang the event loop on a saturated counter, so make sure (the flag is shared).
-        os.set_blocking(fd, False)
+        check_peer_eventfd(fd)  # an eventfd, not a semaphore; made non-blocking
         if msg.private_hdr_size:
             raise ProtocolViolation("private headers not supported")
         rtype = msg.ring_type
