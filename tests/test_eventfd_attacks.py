@@ -338,3 +338,40 @@ def test_check_peer_eventfd() -> None:
     finally:
         for fd in (r, w, sem, good):
             os.close(fd)
+
+
+# ----------------------------------------------------------------------------
+# An idle process makes no wake-ups (issue 14 §2)
+# ----------------------------------------------------------------------------
+def _switches(native_id: int) -> int:
+    """Context switches of one thread of this process, voluntary or not."""
+    with open(f"/proc/self/task/{native_id}/status") as f:
+        return sum(int(line.split()[1]) for line in f
+                   if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+
+
+@pytest.mark.both_loops
+async def test_idle_signaller_sleeps_and_goes_away(sock_path: str, no_leaks: None) -> None:
+    """After traffic stops the signaller thread sleeps (no context switch at all in
+    1 s) and no watchdog timer stays armed; when the links close the thread exits."""
+    import threading
+
+    async with Socket(sock_path) as sock:
+        m = sock.new_interface(Arguments(id=0, is_master=True, rx_mode=RxMode.INTERRUPT))
+        s = sock.new_interface(Arguments(id=0, is_master=False, rx_mode=RxMode.INTERRUPT))
+        await asyncio.gather(m.wait_connected(10), s.wait_connected(10))
+        for i in range(20):  # interrupts both ways
+            await s.get_tx_queue(0).write_packet(bytes([i]) * 60)
+            assert await asyncio.wait_for(m.get_rx_queue(0).read_packet(), 5) == bytes([i]) * 60
+            await m.get_tx_queue(0).write_packet(bytes([i]) * 60)
+            assert await asyncio.wait_for(s.get_rx_queue(0).read_packet(), 5) == bytes([i]) * 60
+        assert eventfd.threads() == 1
+        (t,) = [t for t in threading.enumerate() if t.name == "memif_aio signaller"]
+        assert t.native_id is not None
+        await asyncio.sleep(eventfd._CHECK * 3)  # the watchdog's last look, then it stops
+        sig = eventfd._Signaller._by_loop[asyncio.get_running_loop()]
+        assert sig.timer is None, "the watchdog timer is still armed on an idle process"
+        before = _switches(t.native_id)
+        await asyncio.sleep(1.0)
+        assert _switches(t.native_id) == before, "the idle signaller thread woke up"
+    assert await wait_threads(0, 5.0) == 0
