@@ -217,7 +217,7 @@ class Interrupt:
         self._closed = False
         self._stuck = False
         self._sig = _Signaller.of(loop)
-        self._sig.opened()
+        self._sig.opened(self)
 
     def signal(self) -> None:
         """Add 1 to the peer's counter, soon, from the signaller thread."""
@@ -238,7 +238,7 @@ class Interrupt:
             self._closed = True
             if not self._inflight:
                 self._close_fd()
-        sig.closed()
+        sig.closed(self)
 
     def _close_fd(self) -> None:  # with the lock held
         if self._fd >= 0:
@@ -308,6 +308,7 @@ class _Signaller:
         self.put = self.queue.put
         self.lock = threading.Lock()
         self.users = 0
+        self.interrupts: set[Interrupt] = set()  # open ones
         self.worker: _Worker | None = None
         self.workers: list[_Worker] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -316,14 +317,16 @@ class _Signaller:
         self.drain_timer: asyncio.TimerHandle | None = None
         self.buf = bytearray(8)
 
-    def opened(self) -> None:
+    def opened(self, intr: Interrupt) -> None:
         self.users += 1
+        self.interrupts.add(intr)
         if self.worker is None:
             self.worker = _Worker(self)
             self.workers.append(self.worker)
 
-    def closed(self) -> None:
+    def closed(self, intr: Interrupt) -> None:
         self.users -= 1
+        self.interrupts.discard(intr)
         if self.users == 0:
             self._retire()
 
@@ -404,6 +407,24 @@ class _Signaller:
             self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
         elif self.users == 0:
             self._retire()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: start afresh (a worker for
+    every signaller still in use, no abandoned thread, no stuck fd to drain)."""
+    for sig in list(_Signaller._by_loop.values()):
+        sig.lock = threading.Lock()
+        sig.queue = queue.SimpleQueue()
+        sig.put = sig.queue.put
+        sig.workers, sig.worker, sig.stuck = [], None, []
+        for intr in sig.interrupts:
+            intr._queued = intr._inflight = False
+        if sig.users:
+            sig.worker = _Worker(sig)
+            sig.workers.append(sig.worker)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def threads() -> int:

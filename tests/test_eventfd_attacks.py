@@ -375,3 +375,44 @@ async def test_idle_signaller_sleeps_and_goes_away(sock_path: str, no_leaks: Non
         await asyncio.sleep(1.0)
         assert _switches(t.native_id) == before, "the idle signaller thread woke up"
     assert await wait_threads(0, 5.0) == 0
+
+
+@pytest.mark.both_loops
+async def test_signals_work_in_a_forked_child(no_leaks: None) -> None:
+    """A child forked after a link signalled has no signaller thread of its parent's:
+    it starts its own, and its signals get through."""
+    fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    intr = eventfd.Interrupt(fd, lambda exc: None)
+    try:
+        intr.signal()
+        for _ in range(200):
+            with contextlib.suppress(BlockingIOError):
+                assert os.eventfd_read(fd) == 1
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the parent's signal never arrived")
+        pid = os.fork()
+        if pid == 0:  # child: no event loop of its own is needed to signal
+            ok = False
+            try:
+                intr.signal()
+                for _ in range(200):
+                    try:
+                        ok = os.eventfd_read(fd) == 1
+                        break
+                    except BlockingIOError:
+                        time.sleep(0.01)
+                intr.close()
+                for _ in range(200):  # and its thread goes away with the last link
+                    if eventfd.threads() == 0:
+                        break
+                    time.sleep(0.01)
+            finally:
+                os._exit(0 if ok and eventfd.threads() == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        intr.close()
+        os.close(fd)
+    assert await wait_threads(0, 5.0) == 0
