@@ -115,7 +115,7 @@ async def keep_signalling(itf: Interface, reasons: list[str], stop: asyncio.Even
                     tx.write_packet_nowait(b"\x01" * 60)
                 if not tx.is_connected():
                     raise Disconnected("down")
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.002)
         except Disconnected:
             reasons.append(itf.get_disconnect_reason())
         except Exception:  # a queue of a connection already gone

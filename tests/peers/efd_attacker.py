@@ -143,7 +143,7 @@ async def _consume(ring_flags: RawRing, step: Any) -> None:
     while True:
         ring_flags.flags = 0  # MASK_INT clear: "interrupt me"
         step()
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)
 
 
 async def _client_round(path: str) -> tuple[HostileClient, int, RawRing, Any]:
@@ -202,7 +202,7 @@ async def _echo(conn: ServerConn) -> None:
         pkts = s.receive(0)
         if pkts:
             s.send(0, pkts)
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)
 
 
 async def race_master(args: argparse.Namespace) -> None:
