@@ -338,10 +338,11 @@ class _Signaller:
             self.put(None)  # it exits; a later worker gets a queue of its own
             self.queue = queue.SimpleQueue()
             self.put = self.queue.put
-        if self.timer is not None:
+        busy = any(w.inflight is not None for w in self.workers)
+        if self.timer is not None and not busy:  # a write in flight is still watched
             self.timer.cancel()
             self.timer = None
-        if not self.stuck and self._by_loop.get(self.loop) is self:
+        if not self.stuck and not busy and self._by_loop.get(self.loop) is self:
             del self._by_loop[self.loop]
 
     # --- the watchdog -------------------------------------------------------------
@@ -382,6 +383,8 @@ class _Signaller:
             self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
         if outstanding and (self.users or self.workers):
             self.arm()
+        elif self.users == 0 and not self.stuck and self._by_loop.get(self.loop) is self:
+            del self._by_loop[self.loop]
         for intr in verdicts:
             exc = StuckEventfd(errno.EAGAIN, f"the peer blocked the interrupt eventfd (a write "
                                f"did not complete in {_CHECK:g} s)")
