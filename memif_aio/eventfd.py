@@ -29,6 +29,7 @@ the event-loop thread never makes a syscall the peer can make block:
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import errno
 import logging
@@ -231,14 +232,24 @@ class Interrupt:
 
     def close(self) -> None:
         """No more signals.  The fd is closed now, or by the thread writing it."""
+        if self._closed:
+            return
+        self._closed = True  # a worker checks it under the lock before and after writing
+        self._try_close()
+        self._sig.closed(self)
+
+    def _try_close(self) -> None:
+        # Never wait for the lock on the loop thread (a worker holding it may be waiting
+        # for a CPU): try again on the next iteration instead.
         sig = self._sig
-        with sig.lock:
-            if self._closed:
-                return
-            self._closed = True
+        if not sig.lock.acquire(blocking=False):
+            sig.loop.call_soon(self._try_close)
+            return
+        try:
             if not self._inflight:
                 self._close_fd()
-        sig.closed(self)
+        finally:
+            sig.lock.release()
 
     def _close_fd(self) -> None:  # with the lock held
         if self._fd >= 0:
@@ -256,9 +267,20 @@ class _Worker:
         self.seen = -1  # seq in flight at the watchdog's last on-time check
         self.strikes = 0
         self.abandoned = False
-        self.thread = threading.Thread(target=self.run, name="memif_aio signaller",
-                                       daemon=True)
-        self.thread.start()
+        self.alive = True
+        self.native_id = 0  # set by the thread
+        _alive.add(self)
+        # Not threading.Thread.start(): it waits until the new thread runs, and on a
+        # loaded machine the loop thread would wait for the scheduler.
+        _thread.start_new_thread(self._main, ())
+
+    def _main(self) -> None:
+        self.native_id = threading.get_native_id()
+        try:
+            self.run()
+        finally:
+            self.alive = False
+            _alive.discard(self)
 
     def run(self) -> None:
         sig = self.sig
@@ -356,8 +378,11 @@ class _Signaller:
         on_time = self.loop.time() - self.due < _CHECK / 2
         outstanding = not self.queue.empty()
         verdicts: list[Interrupt] = []
-        with self.lock:
-            self.workers = [w for w in self.workers if w.thread.is_alive()]
+        if not self.lock.acquire(blocking=False):  # a worker holds it: look again soon
+            self.arm()
+            return
+        try:
+            self.workers = [w for w in self.workers if w.alive]
             for w in self.workers:
                 intr = w.inflight
                 if intr is None or w.abandoned:
@@ -379,6 +404,8 @@ class _Signaller:
                     if w is self.worker:
                         self.worker = _Worker(self)
                         self.workers.append(self.worker)
+        finally:
+            self.lock.release()
         if verdicts and self.drain_timer is None:
             self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
         if outstanding and (self.users or self.workers):
@@ -396,7 +423,10 @@ class _Signaller:
     def _drain(self) -> None:
         """Empty the stuck counters, so that their abandoned writers get through."""
         self.drain_timer = None
-        with self.lock:
+        if not self.lock.acquire(blocking=False):  # a worker holds it: drain soon
+            self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
+            return
+        try:
             left = []
             for intr in self.stuck:
                 if intr._inflight and intr._fd >= 0:
@@ -406,6 +436,8 @@ class _Signaller:
                         pass  # no RWF_NOWAIT and blocking: wait for the peer to relent
                     left.append(intr)
             self.stuck = left
+        finally:
+            self.lock.release()
         if left:
             self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
         elif self.users == 0:
@@ -415,6 +447,7 @@ class _Signaller:
 def _after_fork_in_child() -> None:
     """A forked child has none of its parent's threads: start afresh (a worker for
     every signaller still in use, no abandoned thread, no stuck fd to drain)."""
+    _alive.clear()
     for sig in list(_Signaller._by_loop.values()):
         sig.lock = threading.Lock()
         sig.queue = queue.SimpleQueue()
@@ -430,6 +463,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: workers whose thread has not exited
+_alive: set[_Worker] = set()
+
+
 def threads() -> int:
     """Signaller threads alive in this process (for tests and ``show``)."""
-    return sum(1 for t in threading.enumerate() if t.name == "memif_aio signaller")
+    return len(_alive)
