@@ -1,118 +1,472 @@
 """Interrupt eventfds shared with a peer that may be hostile.
 
-``O_NONBLOCK`` belongs to the open file description, which SCM_RIGHTS shares
-with the peer: a peer can make "our" eventfd blocking at any time, then empty
-it just before we read (the read blocks) or saturate it just before we write
-(the write blocks), and so freeze the event loop.  These helpers make sure the
-loop thread never blocks on such an fd:
+A ring's eventfd is one open file description shared with the peer through
+SCM_RIGHTS, and so is its ``O_NONBLOCK`` flag: the peer can make the fd
+blocking at any moment and keep the counter full (or empty).  The rule is that
+the event-loop thread never makes a syscall the peer can make block:
 
-* :func:`drain` reads with ``preadv2(RWF_NOWAIT)``, which never blocks whatever
-  the file flags say (Linux 5.12+; older kernels fall back to a flag check);
-* :func:`signal` refuses a blocking fd (a protocol violation), and a watchdog
-  thread un-sticks a write that blocks anyway (the peer won the race between
-  the flag check and the write) by draining the counter; the caller then sees
-  :class:`StuckEventfd` and disconnects.
+* :func:`drain` (receive side) reads with ``preadv2(RWF_NOWAIT)``, which never
+  blocks whatever the file flags say (on kernels without it, a flag check and
+  a read: a race the peer can win, see docs/security.md).
+* :class:`Interrupt` (transmit side) never writes on the loop thread.
+  :meth:`Interrupt.signal` hands the fd to a signaller thread (a
+  ``SimpleQueue.put``: no syscall unless the thread is asleep, and never one
+  the peer can make block; a signal already queued is not queued twice).  The
+  thread sleeps in ``SimpleQueue.get`` while idle, so an idle process makes no
+  wake-ups.  A watchdog timer runs on the loop only while a write is queued or
+  in flight; a write still in flight at two consecutive on-time checks
+  (0.1 s apart) against a full counter is stuck: its thread is abandoned and
+  replaced (other interfaces keep their interrupts), the link is told through
+  its ``on_stuck`` callback (which disconnects it with the reason), and the fd
+  is kept open and drained with ``RWF_NOWAIT`` reads until the abandoned
+  thread gets through; then it is closed and the thread exits.  At most one
+  thread per hostile link, while the attack lasts.
+* :func:`check_peer_eventfd` (handshake) refuses what is not an eventfd, and
+  an ``EFD_SEMAPHORE`` eventfd (readable after every read: we would spin)
+  where ``/proc/self/fdinfo`` tells; where it does not, :func:`drain` notices
+  a counter that never resets and raises :class:`SpinningEventfd`.
 """
 
 from __future__ import annotations
 
+import _thread
+import asyncio
 import errno
+import logging
 import os
+import queue
 import threading
-import time
+from typing import Callable
+
+from .errors import ProtocolViolation
+
+log = logging.getLogger("memif_aio")
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _nowait_works = bool(_NOWAIT)
-_STUCK_AFTER = 0.2  # seconds a write may block before the watchdog drains the counter
+#: the eventfd counter's maximum: a write of 1 blocks (or fails with EAGAIN) at this value
+COUNTER_MAX = 0xFFFFFFFFFFFFFFFE
+#: seconds between two looks of the watchdog at a write in flight
+_CHECK = 0.1
+#: a write in flight this many on-time checks is stuck, counter full or not
+_GIVE_UP = 20
+#: seconds between two drains of a stuck eventfd (lets its abandoned writer through)
+_DRAIN_EVERY = 0.02
+#: reads in a row that find a counter still set right after reading it (no fdinfo)
+_SPIN_STRIKES = 64
+_ONE = (1).to_bytes(8, "little")
 
 
 class StuckEventfd(OSError):
-    """The peer made an interrupt eventfd block us (a protocol violation)."""
+    """The peer made an interrupt eventfd block us, or spin (a protocol violation)."""
+
+
+class SpinningEventfd(StuckEventfd):
+    """The peer's interrupt eventfd never resets (an ``EFD_SEMAPHORE`` eventfd)."""
+
+
+# ----------------------------------------------------------------------------
+# fds: creation and checks (one home for the eventfd helpers)
+# ----------------------------------------------------------------------------
+def new_eventfd() -> int:
+    """An eventfd of ours for a ring (what every reference client creates, §2.5)."""
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def is_eventfd(fd: int) -> bool:
+    """True when ``fd`` is an eventfd (``anon_inode:[eventfd]``, §12.4)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+def fdinfo(fd: int) -> dict[str, str]:
+    """The ``key: value`` lines of ``/proc/self/fdinfo/<fd>`` (empty if unreadable)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _probe_semaphore_visible() -> bool:
+    """Does this kernel say in fdinfo whether an eventfd is a semaphore?"""
+    try:
+        fd = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fdinfo(fd).get("eventfd-semaphore") == "1"
+    finally:
+        os.close(fd)
+
+
+#: True where fdinfo tells semaphores apart (checked at the handshake, and the drain
+#: then needs no second read); False makes :func:`drain` detect them itself.
+semaphore_visible = _probe_semaphore_visible()
+
+
+def check_peer_eventfd(fd: int) -> None:
+    """Validate a ring interrupt fd received from the peer; make it non-blocking.
+
+    Raises :class:`ProtocolViolation` with the reason the peer receives."""
+    if not is_eventfd(fd):
+        raise ProtocolViolation("ring interrupt fd is not an eventfd")
+    if semaphore_visible and fdinfo(fd).get("eventfd-semaphore", "0") != "0":
+        raise ProtocolViolation("ring interrupt eventfd is a semaphore (EFD_SEMAPHORE)")
+    # Every reference client creates it with EFD_NONBLOCK (§2.5).  The flag is shared
+    # with the peer, who can clear it again: nothing below relies on it.
+    os.set_blocking(fd, False)
+
+
+def counter(fd: int) -> int | None:
+    """The eventfd's counter as the kernel reports it (None if unknown)."""
+    value = fdinfo(fd).get("eventfd-count")
+    try:
+        return None if value is None else int(value, 16)
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------
+# Receive side
+# ----------------------------------------------------------------------------
+_strikes: dict[int, int] = {}
 
 
 def drain(fd: int, buf: bytearray) -> None:
-    """Reset the eventfd counter if it is set; never blocks."""
+    """Reset the eventfd counter if it is set; never blocks.
+
+    Where fdinfo does not show semaphores (:data:`semaphore_visible` false), a
+    read of exactly 1 is followed by a second read; a counter still set right
+    after being read, :data:`_SPIN_STRIKES` interrupts in a row, is an
+    ``EFD_SEMAPHORE`` eventfd: :class:`SpinningEventfd`."""
+    if _nowait_works:  # the fast path, inline
+        try:
+            os.preadv(fd, [buf], -1, _NOWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            if not _read(fd, buf):
+                return
+    elif not _read(fd, buf):
+        return
+    if semaphore_visible:
+        return
+    if buf != _ONE or not _read(fd, buf):
+        _strikes.pop(fd, None)
+        return
+    n = _strikes.get(fd, 0) + 1
+    if n < _SPIN_STRIKES:
+        _strikes[fd] = n
+        return
+    _strikes.pop(fd, None)
+    raise SpinningEventfd(errno.EINVAL, "the interrupt eventfd never resets (EFD_SEMAPHORE)")
+
+
+def _read(fd: int, buf: bytearray) -> bool:
+    """One non-blocking read of the counter into ``buf``: True if it was set."""
     global _nowait_works
     if _nowait_works:
         try:
             os.preadv(fd, [buf], -1, _NOWAIT)
-            return
+            return True
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                return  # closed or broken: nothing to drain
+                return False  # closed or broken: nothing to drain
             _nowait_works = False
     if os.get_blocking(fd):
         raise StuckEventfd(errno.EAGAIN, "the peer made the interrupt eventfd blocking")
     try:
-        os.read(fd, 8)
+        buf[:] = os.read(fd, 8)
     except OSError:
-        pass
-
-
-def signal(fd: int) -> None:
-    """Add 1 to the eventfd counter; never blocks the caller for long.
-
-    Raises :class:`StuckEventfd` when the peer made the fd blocking.  A full
-    (non-blocking) counter is fine: the peer has interrupts pending anyway.
-    """
-    if os.get_blocking(fd):
-        raise StuckEventfd(errno.EAGAIN, "the peer made the interrupt eventfd blocking")
-    token = _watchdog.arm(fd)
-    try:
-        os.eventfd_write(fd, 1)
-    except BlockingIOError:
-        pass
-    finally:
-        stuck = _watchdog.disarm(token)
-    if stuck:
-        raise StuckEventfd(errno.EAGAIN, "the peer blocked the interrupt eventfd")
-
-
-class _Watchdog:
-    """One daemon thread, started on first use, that drains eventfds whose write hangs."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._armed: dict[int, tuple[int, float]] = {}
-        self._stuck: set[int] = set()
-        self._next = 0
-        self._thread: threading.Thread | None = None
-        self._buf = bytearray(8)
-
-    def arm(self, fd: int) -> int:
-        with self._lock:
-            self._next += 1
-            token = self._next
-            self._armed[token] = (fd, time.monotonic())
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="memif_aio eventfd watchdog",
-                                                daemon=True)
-                self._thread.start()
-        return token
-
-    def disarm(self, token: int) -> bool:
-        with self._lock:
-            self._armed.pop(token, None)
-            if token in self._stuck:
-                self._stuck.discard(token)
-                return True
         return False
+    return True
 
-    def _run(self) -> None:
+
+# ----------------------------------------------------------------------------
+# Transmit side
+# ----------------------------------------------------------------------------
+OnStuck = Callable[[StuckEventfd], None]
+
+
+class Interrupt:
+    """How a transmit queue signals its peer: :meth:`signal` on the loop thread
+    costs a flag test when a signal is already queued, and never a syscall the
+    peer can make block.  Owns a duplicate of the ring's eventfd (so that the fd
+    number the signaller writes stays ours until it is done with it); call
+    :meth:`close` when the link goes down."""
+
+    __slots__ = ("_closed", "_fd", "_inflight", "_on_stuck", "_queued", "_sig", "_stuck")
+
+    def __init__(self, fd: int, on_stuck: OnStuck,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        loop = loop or asyncio.get_running_loop()
+        self._fd = os.dup(fd)
+        self._on_stuck = on_stuck
+        self._queued = False  # in the signaller's queue, its write not started
+        self._inflight = False  # a signaller thread is writing it (guarded by the lock)
+        self._closed = False
+        self._stuck = False
+        self._sig = _Signaller.of(loop)
+        self._sig.opened(self)
+
+    def signal(self) -> None:
+        """Add 1 to the peer's counter, soon, from the signaller thread."""
+        if self._queued:
+            return
+        self._queued = True
+        sig = self._sig
+        sig.put(self)
+        if sig.timer is None:
+            sig.arm()
+
+    def close(self) -> None:
+        """No more signals.  The fd is closed now, or by the thread writing it."""
+        if self._closed:
+            return
+        self._closed = True  # a worker checks it under the lock before and after writing
+        self._try_close()
+        self._sig.closed(self)
+
+    def _try_close(self) -> None:
+        # Never wait for the lock on the loop thread (a worker holding it may be waiting
+        # for a CPU): try again on the next iteration instead.
+        sig = self._sig
+        if not sig.lock.acquire(blocking=False):
+            sig.loop.call_soon(self._try_close)
+            return
+        try:
+            if not self._inflight:
+                self._close_fd()
+        finally:
+            sig.lock.release()
+
+    def _close_fd(self) -> None:  # with the lock held
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _Worker:
+    """One signaller thread; abandoned (and replaced) when a write gets stuck."""
+
+    def __init__(self, sig: _Signaller) -> None:
+        self.sig = sig
+        self.inflight: Interrupt | None = None
+        self.seq = 0  # writes started
+        self.seen = -1  # seq in flight at the watchdog's last on-time check
+        self.strikes = 0
+        self.abandoned = False
+        self.alive = True
+        self.native_id = 0  # set by the thread
+        _alive.add(self)
+        # Not threading.Thread.start(): it waits until the new thread runs, and on a
+        # loaded machine the loop thread would wait for the scheduler.
+        _thread.start_new_thread(self._main, ())
+
+    def _main(self) -> None:
+        self.native_id = threading.get_native_id()
+        try:
+            self.run()
+        finally:
+            self.alive = False
+            _alive.discard(self)
+
+    def run(self) -> None:
+        sig = self.sig
+        get, lock = sig.queue.get, sig.lock
         while True:
-            time.sleep(_STUCK_AFTER / 2)
-            now = time.monotonic()
-            with self._lock:
-                late = [(t, fd) for t, (fd, since) in self._armed.items()
-                        if now - since > _STUCK_AFTER and t not in self._stuck]
-                self._stuck.update(t for t, _ in late)
-            for _t, fd in late:
-                try:  # emptying the counter lets the blocked write complete
-                    os.preadv(fd, [self._buf], -1, _NOWAIT) if _NOWAIT else os.read(fd, 8)
-                except OSError:
-                    pass
+            intr = get()
+            if intr is None:
+                return
+            with lock:
+                intr._queued = False  # a signal from now on queues another write
+                fd = intr._fd
+                if intr._closed or intr._stuck or fd < 0:
+                    continue
+                intr._inflight = True
+                self.inflight = intr
+                self.seq += 1
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass  # EAGAIN, a full counter: the peer has interrupts pending anyway
+            with lock:
+                self.inflight = None
+                intr._inflight = False
+                if intr._closed:
+                    intr._close_fd()
+                if self.abandoned:
+                    return
 
 
-_watchdog = _Watchdog()
+class _Signaller:
+    """The signaller of one event loop: a queue, one live worker thread (plus
+    abandoned ones stuck in a write), a watchdog timer armed only while work is
+    outstanding, and the drain of stuck eventfds."""
+
+    _by_loop: dict[asyncio.AbstractEventLoop, _Signaller] = {}
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Signaller:
+        sig = cls._by_loop.get(loop)
+        if sig is None:
+            sig = cls._by_loop[loop] = cls(loop)
+        return sig
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: queue.SimpleQueue[Interrupt | None] = queue.SimpleQueue()
+        self.put = self.queue.put
+        self.lock = threading.Lock()
+        self.users = 0
+        self.interrupts: set[Interrupt] = set()  # open ones
+        self.worker: _Worker | None = None
+        self.workers: list[_Worker] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0
+        self.stuck: list[Interrupt] = []
+        self.drain_timer: asyncio.TimerHandle | None = None
+        self.buf = bytearray(8)
+
+    def opened(self, intr: Interrupt) -> None:
+        self.users += 1
+        self.interrupts.add(intr)
+        if self.worker is None:
+            self.worker = _Worker(self)
+            self.workers.append(self.worker)
+
+    def closed(self, intr: Interrupt) -> None:
+        self.users -= 1
+        self.interrupts.discard(intr)
+        if self.users == 0:
+            self._retire()
+
+    def _retire(self) -> None:
+        """No Interrupt left: the worker exits, the loop forgets us (once no
+        stuck fd is left to drain)."""
+        if self.worker is not None:
+            self.worker = None
+            self.put(None)  # it exits; a later worker gets a queue of its own
+            self.queue = queue.SimpleQueue()
+            self.put = self.queue.put
+        busy = any(w.inflight is not None for w in self.workers)
+        if self.timer is not None and not busy:  # a write in flight is still watched
+            self.timer.cancel()
+            self.timer = None
+        if not self.stuck and not busy and self._by_loop.get(self.loop) is self:
+            del self._by_loop[self.loop]
+
+    # --- the watchdog -------------------------------------------------------------
+    def arm(self) -> None:
+        self.due = self.loop.time() + _CHECK
+        self.timer = self.loop.call_later(_CHECK, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        # A late timer means the loop itself stalled (code holding the GIL): no verdict.
+        on_time = self.loop.time() - self.due < _CHECK / 2
+        outstanding = not self.queue.empty()
+        verdicts: list[Interrupt] = []
+        if not self.lock.acquire(blocking=False):  # a worker holds it: look again soon
+            self.arm()
+            return
+        try:
+            self.workers = [w for w in self.workers if w.alive]
+            for w in self.workers:
+                intr = w.inflight
+                if intr is None or w.abandoned:
+                    w.seen, w.strikes = -1, 0
+                    continue
+                outstanding = True
+                if not on_time:
+                    continue
+                if w.seen != w.seq:
+                    w.seen, w.strikes = w.seq, 0
+                    continue
+                w.strikes += 1
+                full = counter(intr._fd) == COUNTER_MAX
+                if full or w.strikes >= _GIVE_UP:
+                    w.abandoned = True
+                    intr._stuck = True
+                    self.stuck.append(intr)
+                    verdicts.append(intr)
+                    if w is self.worker:
+                        self.worker = _Worker(self)
+                        self.workers.append(self.worker)
+        finally:
+            self.lock.release()
+        if verdicts and self.drain_timer is None:
+            self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
+        if outstanding and (self.users or self.workers):
+            self.arm()
+        elif self.users == 0 and not self.stuck and self._by_loop.get(self.loop) is self:
+            del self._by_loop[self.loop]
+        for intr in verdicts:
+            exc = StuckEventfd(errno.EAGAIN, f"the peer blocked the interrupt eventfd (a write "
+                               f"did not complete in {_CHECK:g} s)")
+            try:
+                intr._on_stuck(exc)
+            except Exception:  # the watchdog must survive its callbacks
+                log.exception("on_stuck callback failed")
+
+    def _drain(self) -> None:
+        """Empty the stuck counters, so that their abandoned writers get through."""
+        self.drain_timer = None
+        if not self.lock.acquire(blocking=False):  # a worker holds it: drain soon
+            self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
+            return
+        try:
+            left = []
+            for intr in self.stuck:
+                if intr._inflight and intr._fd >= 0:
+                    try:
+                        _read(intr._fd, self.buf)
+                    except StuckEventfd:
+                        pass  # no RWF_NOWAIT and blocking: wait for the peer to relent
+                    left.append(intr)
+            self.stuck = left
+        finally:
+            self.lock.release()
+        if left:
+            self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
+        elif self.users == 0:
+            self._retire()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: start afresh (a worker for
+    every signaller still in use, no abandoned thread, no stuck fd to drain)."""
+    _alive.clear()
+    for sig in list(_Signaller._by_loop.values()):
+        sig.lock = threading.Lock()
+        sig.queue = queue.SimpleQueue()
+        sig.put = sig.queue.put
+        sig.workers, sig.worker, sig.stuck = [], None, []
+        for intr in sig.interrupts:
+            intr._queued = intr._inflight = False
+        if sig.users:
+            sig.worker = _Worker(sig)
+            sig.workers.append(sig.worker)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+#: workers whose thread has not exited
+_alive: set[_Worker] = set()
+
+
+def threads() -> int:
+    """Signaller threads alive in this process (for tests and ``show``)."""
+    return len(_alive)

@@ -198,18 +198,6 @@ class ClientLayout:
                                           self.buffer_offset(ring_type, index, slot), 0)
 
 
-def is_eventfd(fd: int) -> bool:
-    """True when ``fd`` is an eventfd (``anon_inode:[eventfd]``, §12.4)."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
-    except OSError:
-        return False
-
-
-def new_eventfd() -> int:
-    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-
 def close_fds(fds: list[int]) -> None:
     for fd in fds:
         try:

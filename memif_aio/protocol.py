@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import enum
 import hmac
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Union
 
 from .config import DEFAULT_PACKET_BUFFER_SIZE, MemoryConfig
 from .errors import ProtocolViolation
-from .memory import ClientLayout, Region, close_fds, is_eventfd, new_eventfd
+from .eventfd import check_peer_eventfd, new_eventfd
+from .memory import ClientLayout, Region, close_fds
 from .ring import (
     M2SConsumer,
     M2SProducer,
@@ -441,11 +441,7 @@ class ServerHandshake(_Machine):
         self._charge(1)  # refused: receive() closes the fd (still the pending one)
         self._held_fds.append(fd)  # owned from here on; closed at teardown
         self._pending_fd = None
-        if not is_eventfd(fd):
-            raise ProtocolViolation("ring interrupt fd is not an eventfd")
-        # Every reference client creates it with EFD_NONBLOCK (§2.5); a blocking one would
-        # hang the event loop on a saturated counter, so make sure (the flag is shared).
-        os.set_blocking(fd, False)
+        check_peer_eventfd(fd)  # an eventfd, not a semaphore; made non-blocking
         if msg.private_hdr_size:
             raise ProtocolViolation("private headers not supported")
         rtype = msg.ring_type

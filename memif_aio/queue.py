@@ -62,6 +62,9 @@ class QueueStats:
 class Queue:
     """One direction of one queue pair (gomemif ``Queue``)."""
 
+    #: how a transmit queue signals the peer (made at the first signal, see eventfd.py)
+    _interrupt: eventfd.Interrupt | None = None
+
     def __init__(self, interface: Interface, qid: int, ring: Union[RxRing, TxRing],
                  eventfd: int, is_rx: bool, rx_mode: RxMode,
                  tx_timeout: float | None = None,
@@ -137,6 +140,9 @@ class Queue:
         if self._reading:
             self._loop.remove_reader(self._efd)
             self._reading = False
+        if self._interrupt is not None:
+            self._interrupt.close()
+            self._interrupt = None
         for w in self._waiters:
             if not w.done():
                 w.set_exception(exc)
@@ -426,13 +432,19 @@ class Queue:
         """
         self._signal_pending = False
         if self._dead is None and self._ring.peer_wants_interrupt():
-            try:
-                eventfd.signal(self._efd)
-                self._signals += 1
-            except eventfd.StuckEventfd as exc:
-                self._itf._protocol_violation(exc.strerror or "interrupt eventfd made blocking")
-            except OSError:  # closed fd: the peer is gone
-                pass
+            intr = self._interrupt
+            if intr is None:  # the write happens on a signaller thread (see eventfd.py)
+                try:
+                    intr = self._interrupt = eventfd.Interrupt(self._efd, self._stuck,
+                                                               self._loop)
+                except OSError:  # closed fd: the peer is gone
+                    return
+            intr.signal()
+            self._signals += 1
+
+    def _stuck(self, exc: eventfd.StuckEventfd) -> None:
+        """The peer made our signal's write block: disconnect with the reason."""
+        self._itf._protocol_violation(exc.strerror or "interrupt eventfd blocked")
 
     @contextlib.asynccontextmanager
     async def reserve(self, count: int, size: int) -> AsyncIterator[Reservation]:
