@@ -1085,10 +1085,9 @@ class TestMasterDataPath:
     async def test_descriptor_longer_than_64k(self, sock_path: str, no_leaks: None) -> None:
         """§12.7: the server checks ``length <= 65535`` on S2M descriptors (buffer sizes
         are u16 in every C peer; VPP reads lengths through a u16).  A descriptor of
-        65536 bytes that lies inside the region must be dropped and counted.
-
-        OPEN BUG (ring.py, see /work/notes/bugs-hostile.md): the master delivers it,
-        and with chains a client can make it copy up to R x region size bytes."""
+        65536 bytes that lies inside the region must be dropped and counted (before
+        the fix the master delivered it, and with chains a client could make it copy
+        up to R x region size bytes)."""
         async with arena(sock_path) as a, hostile_connected(a) as (_hc, mem):
             assert mem.size >= 65536
             mem.send(0, [b"before", b"x", b"after"], signal=False)
@@ -1663,8 +1662,9 @@ class TestSharedMemoryFaults:
         From the start: fixed (the master sets O_NONBLOCK on every ring eventfd it
         receives).  Made blocking after CONNECT (O_NONBLOCK belongs to the open file
         description both processes share, so the peer can clear it at any time):
-        OPEN BUG in queue.py (see /work/notes/bugs-hostile.md) - the event loop
-        blocks for ever in os.eventfd_write.  Run in a child with a deadline."""
+        fixed too, since the loop thread never writes a peer's eventfd (a signaller
+        thread does; tests/test_eventfd_attacks.py races it for 10 s).  Run in a
+        child with a deadline."""
         path = os.path.join(sock_dir, "efd.sock")
         args = ["eventfd-attack", "--path", path] + (["--late"] if late else [])
         async with peer_process(*args) as proc:
