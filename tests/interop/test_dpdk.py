@@ -528,8 +528,10 @@ async def test_jumbo_txonly_at_full_rate(role: str, variant: str, log2_ring: int
       6952 bytes (or, when we were reading it at that moment, as 9000 bytes whose
       first 2048 came from another segment).  What memif_aio must do: keep the link
       up and deliver every descriptor as written, in order: hundreds of intact
-      9000-byte frames, and nothing but 9000-byte frames and such split pairs.  A
-      link that drops here fails the test.
+      9000-byte frames, and nothing but 9000-byte frames and such split pairs.  DPDK
+      can still overrun the ring here after a long run (seen once after 315,496
+      frames on a quiet machine): then the drop must be our overrun detection, and
+      the hundreds of intact frames must have come first.
     * 1024 slots (4 left): DPDK takes the extra slot, its free count wraps below zero
       and it writes over unread slots as soon as the ring first runs full.  What
       memif_aio must do: drop the link with a ring-index violation rather than deliver
@@ -567,14 +569,16 @@ async def test_jumbo_txonly_at_full_rate(role: str, variant: str, log2_ring: int
               f"({intact} intact), {split} split, {len(other)} others, "
               f"link dropped: {reason!r}")
         if log2_ring == 11 or reason is None:
-            assert reason is None, f"the link dropped: {reason!r} ({whole} frames)"
+            assert intact > 100, (whole, intact, split, other)
+        if reason is None:
             assert itf.is_connected()
-            assert intact > 100 and other == [], (whole, intact, split, other)
+            assert other == [], (whole, intact, split, other)
             assert_clean_queues(itf)
         else:
             assert reason in RING_OVERRUN, reason
             assert itf.get_disconnect_reason() == reason
-            assert len(lengths) <= 1 << log2_ring, len(lengths)
+            if log2_ring == 10:
+                assert len(lengths) <= 1 << log2_ring, len(lengths)
             await wait_down(itf)
             with pytest.raises(Disconnected):
                 await asyncio.wait_for(rx.read_burst(256), 5)
