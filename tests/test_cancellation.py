@@ -49,7 +49,7 @@ def packet(seq: int) -> bytes:
     return (SEQ.pack(seq) + body * (size // 64 + 1))[:size]
 
 
-def check(pkt: bytes | memoryview) -> int:
+def check(pkt: bytes | bytearray | memoryview) -> int:
     raw = bytes(pkt)
     seq = int(SEQ.unpack_from(raw)[0])
     assert raw == packet(seq), f"packet {seq} damaged"
