@@ -9,7 +9,6 @@ connection can leak into the next.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from .channel import ControlChannel
@@ -17,8 +16,6 @@ from .config import RxMode
 from .errors import Disconnected, ProtocolViolation
 from .protocol import Session
 from .queue import RxQueue, Tap, TxQueue
-
-log = logging.getLogger("memif_aio")
 
 
 class Link:
@@ -70,8 +67,9 @@ class Link:
         """A check on the data path failed: disconnect with that reason (QueueOwner)."""
         if self._down is not None:
             return
-        log.warning("interface %d: peer violated the protocol: %s", self._id, reason)
-        self._on_violation(ProtocolViolation(reason))
+        # reported (and logged) as a background error, then DISCONNECT with the reason
+        self._on_violation(ProtocolViolation(f"interface {self._id}: peer violated the "
+                                             f"protocol: {reason}"))
         self._channel.close(reason)
 
     def close(self, reason: str) -> None:

@@ -60,6 +60,7 @@ from memif_aio import (
     MemifError,
     MemoryConfig,
     PacketTooLarge,
+    ProtocolViolation,
     Socket,
 )
 from memif_aio.wire import (
@@ -1016,6 +1017,7 @@ class TestMasterDataPath:
                                                  head: int) -> None:
         reason = "S2M head ran more than a ring ahead of tail"
         async with arena(sock_path) as a, hostile_connected(a) as (hc, mem):
+            errors = a.target.get_socket().errors()
             mem.send(0, [b"a", b"b"])
             assert await read_n(a.target, 2) == [b"a", b"b"]
             rx = asyncio.ensure_future(a.target.get_rx_queue(0).read_packet())
@@ -1027,6 +1029,10 @@ class TestMasterDataPath:
             assert info.value.reason == reason and not info.value.by_peer
             assert await hc.expect_disconnect() == reason
             assert a.target.get_disconnect_reason() == reason
+            # and the socket's background error stream heard of it
+            exc = await asyncio.wait_for(errors.__anext__(), T)
+            assert isinstance(exc, ProtocolViolation) and reason in str(exc)
+            errors.close()
 
     async def test_scribbled_tails_are_ignored(self, sock_path: str, no_leaks: None) -> None:
         """The master keeps private cursors: tails the client overwrites (they are the
