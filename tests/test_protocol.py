@@ -34,6 +34,7 @@ from memif_aio.protocol import (
     ServerConfig,
     ServerHandshake,
     ServerState,
+    ServerTarget,
     Session,
 )
 from memif_aio.ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer
@@ -82,14 +83,11 @@ def fd_guard() -> Iterator[None]:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    mode: int = 0
-    secret: bytes = b""
-    busy: bool = False
+@dataclass(frozen=True)
+class Target(ServerTarget):
+    """The server machine's view of an interface, named as the tests like it."""
+
     if_name: bytes = b"srv0"
-    cache_line_size: int = 64
-    require_seal: bool = True
 
 
 def make_server(targets: dict[int, Target] | None = None, **kw: object) -> ServerHandshake:
