@@ -637,7 +637,7 @@ async def test_cancelled_inside_lease_and_reserve_loses_no_slot(sock_path: str,
                        (m.get_tx_queue(0), s.get_rx_queue(0))):
             entered = asyncio.Event()
 
-            async def hold_lease(rx: Queue, entered: asyncio.Event) -> None:
+            async def hold_lease(rx: RxQueue, entered: asyncio.Event) -> None:
                 async with rx.lease(8) as views:
                     assert len(views) == 8
                     entered.set()
@@ -656,7 +656,7 @@ async def test_cancelled_inside_lease_and_reserve_loses_no_slot(sock_path: str,
 
             entered.clear()
 
-            async def hold_reservation(tx: Queue, entered: asyncio.Event) -> None:
+            async def hold_reservation(tx: TxQueue, entered: asyncio.Event) -> None:
                 async with tx.reserve(8, 64) as bufs:
                     bufs[0][:4] = b"half"
                     entered.set()
