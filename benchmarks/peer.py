@@ -55,7 +55,9 @@ async def run(ns: argparse.Namespace) -> dict[str, int]:
             while not stop.is_set():
                 pkts = await rx.read_burst(256)
                 counts["packets"] += len(pkts)
-                await tx.write_burst(pkts)
+                sent = 0  # write_burst publishes what fits, like socket.send
+                while sent < len(pkts):
+                    sent += await tx.write_burst(pkts[sent:])
 
         job = {"blast": blast, "sink": sink, "echo": echo}[ns.mode]
         tasks = [asyncio.ensure_future(job(q)) for q in range(ns.queues)]

@@ -24,14 +24,16 @@ from .config import (
 from .errors import (
     ConnectionRefused,
     Disconnected,
+    InterfaceDeleted,
     MemifError,
     NotConnected,
     PacketTooLarge,
     ProtocolViolation,
     WouldBlock,
 )
-from .interface import Interface, InterfaceStats, LinkEvent
-from .queue import Queue, QueueStats
+from .events import LinkEvent, Subscription
+from .interface import Interface, InterfaceStats
+from .queue import Queue, QueueStats, Reservation, RxQueue, TxQueue
 from .socket import PeerCredentials, Socket
 from .status import format_show
 from .wire import (
@@ -69,6 +71,7 @@ __all__ = [
     "ConnectionRefused",
     "Disconnected",
     "Interface",
+    "InterfaceDeleted",
     "InterfaceMode",
     "InterfaceStats",
     "LinkEvent",
@@ -90,8 +93,12 @@ __all__ = [
     "ProtocolViolation",
     "Queue",
     "QueueStats",
+    "Reservation",
     "RxMode",
+    "RxQueue",
     "Socket",
+    "Subscription",
+    "TxQueue",
     "WouldBlock",
     "decode_message",
     "format_show",

@@ -52,7 +52,7 @@ from ._text import printable
 from .config import Arguments, MemoryConfig
 from .errors import Disconnected, MemifError
 from .interface import Interface
-from .queue import Queue
+from .queue import RxQueue, TxQueue
 from .socket import Socket
 
 T = TypeVar("T")
@@ -202,7 +202,7 @@ class TxResult:
     error: str | None = None
 
 
-async def _receive(q: Queue, traffic: Traffic, chk: RxCheck, t0: float) -> None:
+async def _receive(q: RxQueue, traffic: Traffic, chk: RxCheck, t0: float) -> None:
     try:
         while True:
             for pkt in await q.read_burst(64):
@@ -215,7 +215,7 @@ async def _receive(q: Queue, traffic: Traffic, chk: RxCheck, t0: float) -> None:
         chk.error(f"link went down before the END packet: {exc.reason or 'no reason'}")
 
 
-async def _send(q: Queue, traffic: Traffic, direction: int, stop_at: float, res: TxResult,
+async def _send(q: TxQueue, traffic: Traffic, direction: int, stop_at: float, res: TxResult,
                 fault: str | None = None) -> None:
     qid = q.qid
     seq = 0
@@ -224,7 +224,7 @@ async def _send(q: Queue, traffic: Traffic, direction: int, stop_at: float, res:
             burst = [traffic.packet(direction, qid, s) for s in range(seq, seq + BURST)]
             if fault is not None and seq <= FAULT_AT < seq + BURST:
                 burst = await _inject(fault, burst, FAULT_AT - seq, q)
-            await q.write_burst(burst)
+            await _write_all(q, burst)
             seq += BURST
             res.packets = seq
         await q.write_packet(Traffic.end(direction, qid, seq))
@@ -232,7 +232,14 @@ async def _send(q: Queue, traffic: Traffic, direction: int, stop_at: float, res:
         res.error = f"queue {qid}: link went down while sending: {exc.reason or 'no reason'}"
 
 
-async def _inject(fault: str, burst: list[bytes], i: int, q: Queue) -> list[bytes]:
+async def _write_all(q: TxQueue, packets: list[bytes]) -> None:
+    """``write_burst`` may publish fewer than asked (like ``socket.send``): send the rest."""
+    done = 0
+    while done < len(packets):
+        done += await q.write_burst(packets[done:])
+
+
+async def _inject(fault: str, burst: list[bytes], i: int, q: TxQueue) -> list[bytes]:
     """Damage the stream the way ``fault`` says (the verifier must notice)."""
     if fault == "corrupt":
         b = bytearray(burst[i])
@@ -243,10 +250,10 @@ async def _inject(fault: str, burst: list[bytes], i: int, q: Queue) -> list[byte
     elif fault == "dup":
         burst.insert(i + 1, burst[i])
     elif fault == "crash":
-        await q.write_burst(burst[:i])
+        await _write_all(q, burst[:i])
         os._exit(3)
     elif fault == "hang":
-        await q.write_burst(burst[:i])
+        await _write_all(q, burst[:i])
         await asyncio.sleep(3600)  # stop sending but keep the link up
     return burst
 

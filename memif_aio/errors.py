@@ -46,15 +46,26 @@ class NotConnected(Disconnected):
 
 
 class ConnectionRefused(MemifError):
-    """A connect attempt failed before the link came up (peer refused, socket missing).
+    """A connect attempt failed before the link came up.
 
-    ``reason`` (escaped for display) and ``raw_reason`` (exact) as for :class:`Disconnected`.
+    ``reason`` is the peer's DISCONNECT string when it refused the handshake
+    (``by_peer`` True: "incorrect secret", "mode mismatch", ...), or ours
+    (the socket could not be reached, the handshake timed out, the peer broke
+    the protocol): escaped for display, with ``raw_reason`` exact, as for
+    :class:`Disconnected`.  A slave keeps retrying in the background; fix the
+    cause (secret, mode, id, socket path) or delete the interface.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, by_peer: bool = False) -> None:
         self.raw_reason = reason
         self.reason = printable(reason)
+        self.by_peer = by_peer
         super().__init__(self.reason)
+
+
+class InterfaceDeleted(MemifError):
+    """The interface was deleted (by :meth:`Interface.delete`, its ``async with``
+    block, or its socket's deletion): create a new one to connect again."""
 
 
 class WouldBlock(MemifError):

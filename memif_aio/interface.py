@@ -1,4 +1,6 @@
-"""Interfaces and the control-channel protocol (the asyncio shell over :mod:`.protocol`)."""
+"""Interfaces: the user's facade over one memif connection at a time, and the
+slave's reconnect supervisor.  Each established connection is owned by a
+:class:`~memif_aio.link.Link`; the control channel lives in :mod:`.channel`."""
 
 from __future__ import annotations
 
@@ -9,40 +11,26 @@ import logging
 import socket as _socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, Union
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._text import printable
+from .channel import ControlChannel
 from .config import Arguments, MemoryConfig
-from .errors import ConnectionRefused, Disconnected, MemifError, NotConnected
-from .protocol import (
-    ClientConfig,
-    ClientHandshake,
-    Closed,
-    Established,
-    InitAccepted,
-    Output,
-    SendMessage,
-    ServerHandshake,
-    Session,
-)
-from .queue import Queue, QueueStats, Tap
+from .errors import ConnectionRefused, InterfaceDeleted, MemifError, NotConnected
+from .events import DEFAULT_MAXSIZE, LinkEvent, Subscription, end_all, publish
+from .link import Link
+from .protocol import ClientConfig, ClientHandshake, ServerTarget, Session
+from .queue import QueueStats, RxQueue, Tap, TxQueue
 from .transport import SeqpacketTransport
 from .wire import to_text
 
 if TYPE_CHECKING:
     from .socket import Socket
 
+__all__ = ["ControlChannel", "Interface", "InterfaceStats", "LinkEvent"]
+
 log = logging.getLogger("memif_aio")
-
-
-@dataclass(frozen=True)
-class LinkEvent:
-    """A link state change, as delivered by :meth:`Interface.events`."""
-
-    kind: str  #: "up" or "down"
-    reason: str  #: for "down": why (the peer's DISCONNECT string, or ours)
-    by_peer: bool
-    time: float  #: ``time.time()`` of the change
+Q = TypeVar("Q", RxQueue, TxQueue)
 
 
 @dataclass(frozen=True)
@@ -65,80 +53,6 @@ class InterfaceStats:
     tx: tuple[QueueStats, ...]
 
 
-class _Owner(Protocol):
-    def _claim(self, interface_id: int, channel: ControlChannel) -> Interface | None: ...
-
-    def _channel_closed(self, channel: ControlChannel, reason: str, by_peer: bool) -> None: ...
-
-
-class ControlChannel(asyncio.Protocol):
-    """asyncio Protocol for one control connection: feeds the sans-I/O machine
-    with what the :class:`~memif_aio.transport.SeqpacketTransport` delivers and
-    carries out its outputs."""
-
-    def __init__(self, machine: Union[ServerHandshake, ClientHandshake], owner: _Owner,
-                 handshake_timeout: float, interface: Interface | None = None) -> None:
-        self.machine = machine
-        self.owner = owner
-        self.interface = interface
-        self.transport: SeqpacketTransport | None = None
-        self.peer_credentials: Any = None  # PeerCredentials of an accepted connection
-        self._timeout = handshake_timeout
-        self._timer: asyncio.TimerHandle | None = None
-        self.established = False
-
-    # --- asyncio.Protocol -----------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, SeqpacketTransport)
-        self.transport = transport
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._on_timeout)
-        self._apply(self.machine.start())
-
-    def message_received(self, data: bytes, fds: list[int], truncated: bool) -> None:
-        self._apply(self.machine.receive(data, fds, truncated))
-
-    def eof_received(self) -> bool | None:
-        self._apply(self.machine.eof())
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._apply(self.machine.eof())
-
-    # --- local actions ------------------------------------------------------------
-    def close(self, reason: str) -> None:
-        """Send DISCONNECT(reason) and close."""
-        self._apply(self.machine.close(reason))
-
-    def _on_timeout(self) -> None:
-        self._timer = None
-        self._apply(self.machine.timeout())
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _apply(self, outputs: list[Output]) -> None:
-        for out in outputs:
-            if isinstance(out, SendMessage):
-                assert self.transport is not None
-                self.transport.send_message(out.data, out.fd)
-            elif isinstance(out, InitAccepted):
-                self.interface = self.owner._claim(out.interface_id, self)
-                log.debug("INIT accepted for interface %d from %r", out.interface_id,
-                          to_text(out.peer_name))
-            elif isinstance(out, Established):
-                self._cancel_timer()
-                self.established = True
-                assert self.interface is not None
-                self.interface._on_established(out.session, self)
-            elif isinstance(out, Closed):
-                self._cancel_timer()
-                if self.transport is not None:
-                    self.transport.close()
-                self.owner._channel_closed(self, out.reason, out.by_peer)
-
-
 class Interface:
     """One memif interface, master or slave (gomemif ``Interface``).
 
@@ -146,31 +60,32 @@ class Interface:
     socket starts polling and reconnects by itself (capped exponential backoff
     between ``reconnect_min_delay`` and ``reconnect_max_delay``) after a
     disconnect or a refused connect, until :meth:`disconnect` or :meth:`delete`.
+
+    ``async with sock.new_interface(args) as itf:`` deletes the interface when
+    the block exits.
     """
 
     def __init__(self, sock: Socket, args: Arguments) -> None:
         self._socket = sock
         self._args = args
-        self._channel: ControlChannel | None = None
-        self._session: Session | None = None
-        self._rxq: list[Queue] = []
-        self._txq: list[Queue] = []
+        self._channel: ControlChannel | None = None  # handshaking or established
+        self._link: Link | None = None  # the established connection
         self._memory: MemoryConfig | None = None
         self._peer_name = ""
         self._remote_name = ""
         self._last_reason = ""
-        self._last_refusal = ""
         self._connect_error = ""
+        self._refusal: ConnectionRefused | None = None
         self._deleted = False
         self._paused = False
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._connected: asyncio.Event | None = None
         self._closed_fut: asyncio.Future[bool] | None = None
-        self._attempt_waiters: list[asyncio.Future[str | None]] = []
+        self._attempt_waiters: list[asyncio.Future[MemifError | None]] = []
         self._callback_tasks: set[asyncio.Task[Any]] = set()
         self._connections = 0
-        self._subscribers: list[asyncio.Queue[LinkEvent | None]] = []
+        self._subscribers: list[Subscription[LinkEvent]] = []
         self._taps: list[Tap] = []  # shared with every queue of every connection
 
     # --- gomemif surface --------------------------------------------------------------
@@ -205,10 +120,13 @@ class Interface:
         return self._args.is_master
 
     def is_connected(self) -> bool:
-        return self._session is not None
+        return self._link is not None
 
     def is_connecting(self) -> bool:
-        return self._channel is not None and self._session is None
+        return self._channel is not None and self._link is None
+
+    def is_deleted(self) -> bool:
+        return self._deleted
 
     def get_disconnect_reason(self) -> str:
         """Why the last connection ended, or the last handshake was refused ('' if none yet).
@@ -221,55 +139,75 @@ class Interface:
     def get_peer_credentials(self) -> Any:
         """Master: the :class:`~memif_aio.socket.PeerCredentials` (pid, uid, gid) of the
         connected peer process, from ``SO_PEERCRED``; None for a slave or while down."""
-        ch = self._channel
-        return ch.peer_credentials if ch is not None and self._session is not None else None
+        link = self._link
+        return link.channel.peer_credentials if link is not None else None
 
     def get_connect_error(self) -> str:
-        """Why the last attempt to reach the socket failed ('' after a successful connect)."""
+        """Why the last attempt failed: the socket could not be reached, or the peer
+        refused the handshake (its reason).  '' once an attempt gets the link up.
+        :meth:`get_connect_exception` gives the same as a :class:`ConnectionRefused`."""
         return self._connect_error
 
-    def get_rx_queue(self, qid: int) -> Queue:
+    def get_connect_exception(self) -> ConnectionRefused | None:
+        """The :class:`ConnectionRefused` of the last failed attempt (None once an
+        attempt gets the link up): ``reason`` and ``by_peer`` say who refused and why."""
+        return self._refusal
+
+    def get_rx_queue(self, qid: int) -> RxQueue:
         """Receive queue ``qid`` of the current connection."""
-        return self._queue(self._rxq, qid)
+        link = self._current_link()
+        return self._queue(link.rx_queues, qid)
 
-    def get_tx_queue(self, qid: int) -> Queue:
+    def get_tx_queue(self, qid: int) -> TxQueue:
         """Transmit queue ``qid`` of the current connection."""
-        return self._queue(self._txq, qid)
+        link = self._current_link()
+        return self._queue(link.tx_queues, qid)
 
-    def _queue(self, queues: list[Queue], qid: int) -> Queue:
-        if self._session is None:
+    def _current_link(self) -> Link:
+        link = self._link
+        if link is None:
+            if self._deleted:
+                raise InterfaceDeleted(f"interface {self.get_id()} was deleted")
             raise NotConnected(self._last_reason or "interface is not connected")
+        return link
+
+    @staticmethod
+    def _queue(queues: tuple[Q, ...], qid: int) -> Q:
         if not 0 <= qid < len(queues):
             raise IndexError(f"queue {qid} does not exist (this connection has {len(queues)})")
         return queues[qid]
 
     def stats(self) -> InterfaceStats:
         """A frozen snapshot: state, names, negotiated memory, regions, per-queue counters."""
-        state = "connected" if self.is_connected() else (
-            "connecting" if self.is_connecting() else "down")
-        regions = tuple((i, r.size) for i, r in enumerate(self._session.regions)) \
-            if self._session is not None else ()
+        link = self._link
+        regions = tuple((i, r.size) for i, r in enumerate(link.session.regions)) \
+            if link is not None else ()
         return InterfaceStats(
             id=self.get_id(), role="master" if self.is_master() else "slave",
-            name=self.get_name(), state=state, peer_name=self._peer_name,
+            name=self.get_name(), state=self._state(), peer_name=self._peer_name,
             remote_name=self._remote_name, socket=self._socket.get_filename(),
             mode=self._args.mode.name.lower(), connections=self._connections,
             last_reason=self._last_reason, memory=self.get_memory_config(), regions=regions,
-            rx=tuple(q.stats() for q in self._rxq), tx=tuple(q.stats() for q in self._txq))
+            rx=tuple(q.stats() for q in self.rx_queues),
+            tx=tuple(q.stats() for q in self.tx_queues))
 
-    async def events(self) -> AsyncIterator[LinkEvent]:
-        """``async for ev in itf.events()``: link up/down events from now on
-        (beside the callbacks); ends when the interface is deleted."""
-        q: asyncio.Queue[LinkEvent | None] = asyncio.Queue()
-        self._subscribers.append(q)
-        try:
-            while True:
-                ev = await q.get()
-                if ev is None:
-                    return
-                yield ev
-        finally:
-            self._subscribers.remove(q)
+    def _state(self) -> str:
+        return "connected" if self.is_connected() else (
+            "connecting" if self.is_connecting() else "down")
+
+    def events(self, maxsize: int = DEFAULT_MAXSIZE) -> Subscription[LinkEvent]:
+        """``async for ev in itf.events()``: :class:`LinkEvent` s ("up", "down",
+        "refused") from the moment of this call, beside the callbacks.
+
+        The subscription is registered by the call itself, so nothing that
+        happens before the first iteration is missed.  It buffers at most
+        ``maxsize`` events; when full, the oldest is dropped and counted in
+        ``.dropped``.  Iteration ends when the interface is deleted or after
+        ``.close()`` (also ``async with itf.events() as evs:``)."""
+        sub: Subscription[LinkEvent] = Subscription(self._subscribers, maxsize)
+        if self._deleted:
+            sub._end()
+        return sub
 
     def add_tap(self, tap: Tap) -> None:
         """Call ``tap(qid, is_rx, packets)`` with every packet this interface receives
@@ -283,63 +221,79 @@ class Interface:
         with contextlib.suppress(ValueError):
             self._taps.remove(tap)
 
-    def _publish(self, ev: LinkEvent | None) -> None:
-        for q in self._subscribers:
-            q.put_nowait(ev)
+    @property
+    def rx_queues(self) -> list[RxQueue]:
+        return list(self._link.rx_queues) if self._link is not None else []
 
     @property
-    def rx_queues(self) -> list[Queue]:
-        return list(self._rxq)
-
-    @property
-    def tx_queues(self) -> list[Queue]:
-        return list(self._txq)
+    def tx_queues(self) -> list[TxQueue]:
+        return list(self._link.tx_queues) if self._link is not None else []
 
     def __repr__(self) -> str:
-        state = "connected" if self.is_connected() else (
-            "connecting" if self.is_connecting() else "down")
         role = "master" if self.is_master() else "slave"
-        return f"<Interface {role} id={self.get_id()} {state}>"
+        return f"<Interface {role} id={self.get_id()} {self._state()}>"
+
+    async def __aenter__(self) -> Interface:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.delete()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the link is up; ``TimeoutError`` (with the last reason) otherwise."""
+        """Wait until the link is up.
+
+        A refused attempt does not end the wait: a slave retries by itself and
+        the next attempt may succeed.  After ``timeout`` seconds this raises
+        ``TimeoutError`` whose ``__cause__`` is the last attempt's
+        :class:`ConnectionRefused` (None if no attempt failed); its message
+        names the last reasons too.  :class:`InterfaceDeleted` if the interface
+        is (or gets) deleted."""
         if self._deleted:
-            raise MemifError("interface was deleted")
+            raise InterfaceDeleted(f"interface {self.get_id()} was deleted")
         ev = self._connected_event()
         if ev.is_set():
             return
         try:
-            await asyncio.wait_for(ev.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await ev.wait()
         except TimeoutError:
-            why = "; ".join(printable(x) for x in (self._last_reason, self._connect_error) if x)
+            why = "; ".join(printable(x) for x in
+                            dict.fromkeys((self._last_reason, self._connect_error)) if x)
             why = f" (last: {why})" if why else ""
             raise TimeoutError(f"interface {self.get_id()} did not connect in {timeout} s{why}") \
-                from None
+                from self._refusal
         if self._deleted:
-            raise MemifError("interface was deleted")
+            raise InterfaceDeleted(f"interface {self.get_id()} was deleted")
 
     async def request_connection(self) -> None:
         """Slave: try to connect now (and resume automatic reconnection).
 
-        Raises :class:`ConnectionRefused` if the socket cannot be reached; the
-        interface keeps retrying in the background.  Wait for the handshake
-        with :meth:`wait_connected`.
+        Returns when this attempt has the link up (at once if it already is).
+        Raises :class:`ConnectionRefused` if the socket cannot be reached or the
+        peer refuses the handshake (``reason`` is the peer's); the interface
+        keeps retrying in the background.  The wait is bounded by the socket's
+        ``handshake_timeout``; cancelling it does not stop the attempt.
         """
         if self.is_master():
             raise MemifError("only a slave interface requests a connection")
         if self._deleted:
-            raise MemifError("interface was deleted")
+            raise InterfaceDeleted(f"interface {self.get_id()} was deleted")
         self._paused = False
-        if self._session is not None or self._channel is not None:
+        if self._link is not None:
             return
-        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[MemifError | None] = asyncio.get_running_loop().create_future()
         self._attempt_waiters.append(fut)
-        self._ensure_task()
-        assert self._wake is not None
-        self._wake.set()
-        reason = await fut
-        if reason is not None:
-            raise ConnectionRefused(reason)
+        if self._channel is None:
+            self._ensure_task()
+            assert self._wake is not None
+            self._wake.set()
+        try:
+            error = await fut
+        finally:
+            if fut in self._attempt_waiters:
+                self._attempt_waiters.remove(fut)
+        if error is not None:
+            raise error
 
     async def disconnect(self) -> None:
         """Send DISCONNECT and tear the link down.  A slave then stays down until
@@ -352,43 +306,30 @@ class Interface:
         await asyncio.sleep(0)
 
     async def delete(self) -> None:
-        """Disconnect ("interface deleted") and remove the interface from its socket."""
+        """Disconnect ("interface deleted") and remove the interface from its socket.
+        Later calls that need the interface raise :class:`InterfaceDeleted`."""
         await self._shutdown("interface deleted")
         self._socket._forget(self)
 
     # --- internals ------------------------------------------------------------------------
-    @property
-    def mode(self) -> int:
-        return int(self._args.mode)
-
-    @property
-    def secret(self) -> bytes:
-        return self._args.secret
-
-    @property
-    def busy(self) -> bool:
-        return self._channel is not None or self._deleted
-
-    @property
-    def if_name(self) -> bytes:
-        return self._args.name.encode()
-
-    @property
-    def cache_line_size(self) -> int:
-        return self._args.cache_line_size
-
-    @property
-    def require_seal(self) -> bool:
-        return self._args.require_seal
+    def _server_target(self) -> ServerTarget:
+        """What the server handshake needs to know about this (master) interface."""
+        args = self._args
+        return ServerTarget(mode=int(args.mode), secret=args.secret,
+                            busy=self._channel is not None or self._deleted,
+                            if_name=args.name.encode(), cache_line_size=args.cache_line_size,
+                            require_seal=args.require_seal)
 
     def _connected_event(self) -> asyncio.Event:
         if self._connected is None:
             self._connected = asyncio.Event()
-            if self._session is not None:
+            if self._link is not None:
                 self._connected.set()
         return self._connected
 
-    async def _shutdown(self, reason: str) -> None:
+    async def _shutdown(self, reason: str, *, resume: bool = False) -> None:
+        """End the connection and the slave's supervisor.  ``resume``: a later
+        :meth:`_start` brings a slave back (the socket stopped polling)."""
         self._deleted = reason == "interface deleted" or self._deleted
         self._paused = True
         ch = self._channel
@@ -402,16 +343,16 @@ class Interface:
                 await task
             except asyncio.CancelledError:
                 pass
-        for fut in self._attempt_waiters:
-            if not fut.done():
-                fut.set_result(reason)
-        self._attempt_waiters.clear()
+        self._finish_attempt(InterfaceDeleted(f"interface {self.get_id()} was deleted")
+                             if self._deleted else ConnectionRefused(reason))
         if self._deleted and self._connected is not None:
             self._connected.set()  # release wait_connected() callers (they raise)
         if self._deleted:
-            self._publish(None)  # ends events() iterators
+            end_all(self._subscribers)  # ends events() iterators
         if self._callback_tasks:
             await asyncio.gather(*self._callback_tasks, return_exceptions=True)
+        if resume and not self._deleted:
+            self._paused = False
 
     def _ensure_task(self) -> None:
         if self._task is None or self._task.done():
@@ -442,15 +383,23 @@ class Interface:
             if self._deleted:
                 return
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
-    def _finish_attempt(self, reason: str | None) -> None:
+    def _finish_attempt(self, error: MemifError | None) -> None:
         for fut in self._attempt_waiters:
             if not fut.done():
-                fut.set_result(reason)
+                fut.set_result(error)
         self._attempt_waiters.clear()
+
+    def _refused(self, exc: ConnectionRefused) -> None:
+        """An attempt failed before the link came up: the three ways it surfaces."""
+        self._connect_error = exc.reason
+        self._refusal = exc
+        publish(self._subscribers, LinkEvent("refused", exc.reason, exc.by_peer, time.time(), exc))
+        self._finish_attempt(exc)
 
     async def _connect_once(self) -> bool:
         """One connection: connect(), handshake, run until it closes.  True if it got up."""
@@ -464,18 +413,17 @@ class Interface:
             reason = f"connect to {self._socket.get_filename()}: {exc.strerror or exc}"
             if reason != self._connect_error:
                 log.info("interface %d: %s (retrying)", self.get_id(), reason)
-            self._connect_error = reason
-            self._finish_attempt(reason)
+            self._refused(ConnectionRefused(reason))
             return False
-        self._connect_error = ""
-        self._finish_attempt(None)
         args = self._args
         mc = args.memory_config
         cfg = ClientConfig(id=args.id, mode=int(args.mode), secret=args.secret,
-                           app_name=self._socket._app_name, if_name=self.if_name,
+                           app_name=self._socket._app_name, if_name=args.name.encode(),
                            num_queue_pairs=mc.num_queue_pairs, log2_ring_size=mc.log2_ring_size,
                            buffer_size=mc.packet_buffer_size, cache_line=args.cache_line_size)
-        channel = ControlChannel(ClientHandshake(cfg), self, args.handshake_timeout, self)
+        channel = ControlChannel(ClientHandshake(cfg), args.handshake_timeout,
+                                 on_established=self._on_established,
+                                 on_closed=self._channel_closed)
         self._channel = channel
         self._closed_fut = loop.create_future()
         closed = self._closed_fut
@@ -487,32 +435,39 @@ class Interface:
                 channel.close("interface deleted" if self._deleted else "interface stopped")
             raise
 
-    # --- called by the control channel ----------------------------------------------------
-    def _claim(self, interface_id: int, channel: ControlChannel) -> Interface | None:
-        return self
-
-    def _on_established(self, session: Session, channel: ControlChannel) -> None:
-        args = self._args
-        self._session = session
+    # --- called by the socket (master) and the control channel --------------------------
+    def _attach(self, channel: ControlChannel) -> bool:
+        """Master: an accepted connection's INIT named this interface.  False if it
+        is taken (the server machine checks ``busy`` first, so only a race lands here)."""
+        if self._channel is not None or self._deleted:
+            return False
         self._channel = channel
+        return True
+
+    def _on_established(self, channel: ControlChannel, session: Session) -> None:
+        if channel is not self._channel or self._deleted:
+            session.close()
+            channel.close("interface deleted" if self._deleted else "interface busy")
+            return
+        args = self._args
+        link = Link(self.get_id(), channel, session, rx_mode=args.rx_mode,
+                    tx_timeout=args.tx_timeout, taps=self._taps,
+                    on_violation=self._socket._background_error)
+        self._link = link
         self._connections += 1
         self._peer_name = to_text(session.peer_if_name)
         self._remote_name = to_text(session.peer_name)
         self._memory = session.memory_config
-        self._rxq = [Queue(self, i, ring, session.rx_eventfds[i], True, args.rx_mode,
-                           taps=self._taps) for i, ring in enumerate(session.rx)]
-        self._txq = [Queue(self, i, ring, session.tx_eventfds[i], False, args.rx_mode,
-                           args.tx_timeout, taps=self._taps) for i, ring in enumerate(session.tx)]
-        if not session.is_master:
-            for ring in session.rx:
-                ring.refill()  # type: ignore[union-attr]  # post M2S buffers only now (§7.9)
         self._last_reason = ""
+        self._connect_error = ""
+        self._refusal = None
         log.info("interface %d (%s) connected to %r / %r: %d rx, %d tx queues, ring 2^%d, "
                  "buffer %d", self.get_id(), "master" if self.is_master() else "slave",
-                 self._remote_name, self._peer_name, len(self._rxq), len(self._txq),
+                 self._remote_name, self._peer_name, len(link.rx_queues), len(link.tx_queues),
                  session.log2_ring_size, session.buffer_size)
         self._connected_event().set()
-        self._publish(LinkEvent("up", "", False, time.time()))
+        self._finish_attempt(None)
+        publish(self._subscribers, LinkEvent("up", "", False, time.time()))
         self._callback(args.connected_func)
 
     def _channel_closed(self, channel: ControlChannel, reason: str, by_peer: bool) -> None:
@@ -520,36 +475,29 @@ class Interface:
             return
         self._channel = None
         self._last_reason = reason
-        session = self._session
-        was_up = session is not None
-        if session is not None:
-            self._session = None
-            exc = Disconnected(reason, by_peer)
-            for q in (*self._rxq, *self._txq):
-                q._kill(exc)
-            session.close()
+        link = self._link
+        if link is not None:
+            self._link = None
+            link.teardown(reason, by_peer)
             self._memory = None
             if self._connected is not None:
                 self._connected.clear()
             log.info("interface %d disconnected (%s: %s)", self.get_id(),
                      "peer" if by_peer else "local", printable(reason))
-        elif reason != self._last_refusal:
-            log.warning("interface %d: connection refused or failed during handshake (%s: %s)",
-                        self.get_id(), "peer" if by_peer else "local", printable(reason))
-        self._last_refusal = "" if was_up else reason
+        elif self._deleted or (self._paused and not by_peer):
+            log.debug("interface %d: handshake abandoned (%s)", self.get_id(),
+                      printable(reason))
+        else:
+            if reason != self._connect_error:
+                log.warning("interface %d: connection refused or failed during handshake "
+                            "(%s: %s)", self.get_id(), "peer" if by_peer else "local",
+                            printable(reason))
+            self._refused(ConnectionRefused(reason, by_peer))
         if self._closed_fut is not None and not self._closed_fut.done():
-            self._closed_fut.set_result(was_up)
-        if was_up:
-            self._publish(LinkEvent("down", reason, by_peer, time.time()))
+            self._closed_fut.set_result(link is not None)
+        if link is not None:
+            publish(self._subscribers, LinkEvent("down", reason, by_peer, time.time()))
             self._callback(self._args.disconnected_func)
-
-    def _protocol_violation(self, reason: str) -> None:
-        """A ring check failed on the data path: disconnect with that reason."""
-        log.warning("interface %d: peer violated the protocol: %s", self.get_id(),
-                    printable(reason))
-        ch = self._channel
-        if ch is not None:
-            ch.close(reason)
 
     def _callback(self, func: Any) -> None:
         if func is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hmac
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Union
+from typing import Callable, Union
 
 from .config import DEFAULT_PACKET_BUFFER_SIZE, MemoryConfig
 from .errors import ProtocolViolation
@@ -237,26 +237,17 @@ def _unexpected(msg: object) -> ProtocolViolation:
 # ----------------------------------------------------------------------------
 
 
-class ServerTarget(Protocol):
-    """What the server machine needs to know about a master interface."""
+@dataclass(frozen=True)
+class ServerTarget:
+    """What the server machine needs to know about a master interface: a snapshot
+    the shell takes when INIT names the interface (``ServerConfig.lookup``)."""
 
-    @property
-    def mode(self) -> int: ...
-
-    @property
-    def secret(self) -> bytes: ...
-
-    @property
-    def busy(self) -> bool: ...
-
-    @property
-    def if_name(self) -> bytes: ...
-
-    @property
-    def cache_line_size(self) -> int: ...
-
-    @property
-    def require_seal(self) -> bool: ...
+    mode: int = 0
+    secret: bytes = b""
+    busy: bool = False  #: already connected or handshaking (or deleted): refuse
+    if_name: bytes = b""
+    cache_line_size: int = 64
+    require_seal: bool = True
 
 
 #: Regions one connection may add before CONNECT (a policy below the wire's 256).  Copy-mode
@@ -642,6 +633,8 @@ class ClientHandshake(_Machine):
             log2_ring_size=layout.log2_ring_size, buffer_size=layout.buffer_size,
             memory_config=MemoryConfig(max(1, min(len(rx), len(tx))), layout.log2_ring_size,
                                        layout.buffer_size))
+        for ring in rx:
+            ring.refill()  # our receive buffers go to the server only now (§7.9)
         self._held_fds = []
         self.established = True
         self.state = ClientState.CONNECTED

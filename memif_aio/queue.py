@@ -1,9 +1,18 @@
 """Async queues over the rings: ``await rx.read_packet()`` / ``await tx.write_packet()``.
 
-A :class:`Queue` belongs to one connection of its interface.  When the link
-goes down every pending call raises :class:`~memif_aio.errors.Disconnected`
-(packets already copied out of the ring are still delivered first); after a
-reconnect, ask the interface for its new queues.
+A queue belongs to one connection of its interface: :class:`RxQueue` receives,
+:class:`TxQueue` transmits, :class:`Queue` (the gomemif name) is their common
+base.  When the link goes down every pending call raises
+:class:`~memif_aio.errors.Disconnected` (packets already copied out of the ring
+are still delivered first); after a reconnect, ask the interface for its new
+queues.
+
+The cancellation contract (docs/concepts.md): every await here happens before
+anything is taken from or published to a ring, never after.  A read that raises
+consumed nothing; a read that returns took exactly what it returned.  A write
+that raises published nothing; a write that returns published exactly what it
+reports.  A lease whose block raises gives its packets back; a reservation whose
+block raises publishes nothing.  A cancelled waiter leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,15 +23,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence, Union
 
 from . import eventfd
 from .config import RxMode
-from .errors import Disconnected, PacketTooLarge, ProtocolViolation, WouldBlock
+from .errors import Disconnected, ProtocolViolation, WouldBlock
 from .ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer
-
-if TYPE_CHECKING:
-    from .interface import Interface
 
 RxRing = Union[S2MConsumer, M2SConsumer]
 #: ``tap(qid, is_rx, packets)``: sees every packet received or sent (see Interface.add_tap)
@@ -43,6 +49,16 @@ _TX_SPINS = 16
 _TX_MAX_SLEEP = 0.002
 
 
+class QueueOwner(Protocol):
+    """What a queue needs from the connection that owns it (a ``link.Link``)."""
+
+    @property
+    def interface_id(self) -> int: ...
+
+    def protocol_violation(self, reason: str) -> None:
+        """A check on the data path failed: end the connection with ``reason``."""
+
+
 @dataclass(frozen=True)
 class QueueStats:
     """Counters of one queue for the current connection."""
@@ -57,43 +73,26 @@ class QueueStats:
     ring_size: int
     head: int
     tail: int
+    waiters: int = 0  #: receive: calls blocked waiting for an interrupt right now
 
 
 class Queue:
-    """One direction of one queue pair (gomemif ``Queue``)."""
+    """One direction of one queue pair (gomemif ``Queue``): the common base of
+    :class:`RxQueue` and :class:`TxQueue`."""
 
-    #: how a transmit queue signals the peer (made at the first signal, see eventfd.py)
-    _interrupt: eventfd.Interrupt | None = None
+    is_rx: bool = False  #: True for a receive queue
 
-    def __init__(self, interface: Interface, qid: int, ring: Union[RxRing, TxRing],
-                 eventfd: int, is_rx: bool, rx_mode: RxMode,
-                 tx_timeout: float | None = None,
-                 taps: list[Tap] | None = None) -> None:
-        self._itf = interface
+    def __init__(self, owner: QueueOwner, qid: int, ring: Union[RxRing, TxRing],
+                 eventfd: int, taps: list[Tap] | None = None) -> None:
+        self._owner = owner
         self._qid = qid
-        self._ring = ring
         self._efd = eventfd
-        self._is_rx = is_rx
-        self._mode = rx_mode
-        self._tx_timeout = tx_timeout
         self._loop = asyncio.get_running_loop()
         self._dead: Disconnected | None = None
-        self._waiters: list[asyncio.Future[None]] = []
-        self._pending: collections.deque[bytes] = collections.deque()
-        self._spins = 0
-        self._reading = False
-        self._signals = 0
-        self._signal_pending = False
         self._budget = _FAIR_PACKETS
-        self._evbuf = bytearray(8)
         self._taps: list[Tap] = taps if taps is not None else []
-        self._leased: list[Any] | None = None
-        self._reserved: Reservation | None = None
-        if is_rx:
-            ring.set_interrupt_mask(rx_mode is not RxMode.INTERRUPT)
-            if rx_mode is not RxMode.POLLING:
-                self._loop.add_reader(eventfd, self._on_interrupt)
-                self._reading = True
+        self._ring_stats = ring.stats
+        self._any_ring: Union[RxRing, TxRing] = ring
 
     # --- identity and counters -------------------------------------------------
     def get_event_fd(self) -> int:
@@ -104,84 +103,47 @@ class Queue:
     def qid(self) -> int:
         return self._qid
 
-    @property
-    def is_rx(self) -> bool:
-        return self._is_rx
-
     def is_connected(self) -> bool:
         return self._dead is None
 
+    def _interrupts(self) -> int:
+        return self._ring_stats.interrupts
+
+    def _waiting(self) -> int:
+        return 0
+
     def stats(self) -> QueueStats:
-        st = self._ring.stats
-        r = self._ring
+        st = self._ring_stats
+        r = self._any_ring
         try:
             head, tail = (r.head, r.tail) if self._dead is None else (0, 0)
         except ValueError:  # ring memory already released
             head = tail = 0
-        return QueueStats(self._qid, self._is_rx, st.packets, st.bytes, st.drops,
-                          st.bad_descriptors, st.interrupts if self._is_rx else self._signals,
-                          r.size, head, tail)
+        return QueueStats(self._qid, self.is_rx, st.packets, st.bytes, st.drops,
+                          st.bad_descriptors, self._interrupts(), r.size, head, tail,
+                          self._waiting())
 
     def __repr__(self) -> str:
-        kind = "rx" if self._is_rx else "tx"
-        return f"<Queue {kind}{self._qid} of interface {self._itf.get_id()}>"
+        kind = "rx" if self.is_rx else "tx"
+        return f"<{type(self).__name__} {kind}{self._qid} of interface {self._owner.interface_id}>"
 
-    # --- lifetime ------------------------------------------------------------------
+    # --- lifetime (called by the owning link) ---------------------------------------
     def _kill(self, exc: Disconnected) -> None:
         """The connection is gone: wake everyone with ``exc``; stop touching the ring."""
         if self._dead is not None:
             return
         self._dead = exc
-        if self._leased is not None:  # views must go before the mapping does
-            self._end_lease()
-        if self._reserved is not None:
-            for v in self._reserved:
-                v.release()
-        if self._reading:
-            self._loop.remove_reader(self._efd)
-            self._reading = False
-        if self._interrupt is not None:
-            self._interrupt.close()
-            self._interrupt = None
-        for w in self._waiters:
-            if not w.done():
-                w.set_exception(exc)
-        self._waiters.clear()
+        self._release()
+
+    def _release(self) -> None:
+        """Subclasses: drop views and waiters (the mapping goes next)."""
 
     def _raise_dead(self) -> None:
         if self._dead is not None:
             raise Disconnected(self._dead.raw_reason, self._dead.by_peer)
 
     def _violation(self, exc: ProtocolViolation) -> None:
-        self._itf._protocol_violation(exc.reason)
-
-    # --- receive -------------------------------------------------------------------
-    def _on_interrupt(self) -> None:
-        try:
-            eventfd.drain(self._efd, self._evbuf)
-        except eventfd.StuckEventfd as exc:
-            self._itf._protocol_violation(exc.strerror or "interrupt eventfd made blocking")
-            return
-        self._ring.stats.interrupts += 1
-        for w in self._waiters:
-            if not w.done():
-                w.set_result(None)
-        self._waiters.clear()
-
-    def _fill(self, n: int = _BATCH) -> int:
-        if self._dead is not None:
-            return 0
-        try:
-            if self._taps:
-                got: list[bytes] = []
-                k: int = self._ring.read_burst(n, got)  # type: ignore[union-attr]
-                self._pending.extend(got)
-                self._tap(got, True)
-                return k
-            return self._ring.read_burst(n, self._pending)  # type: ignore[union-attr]
-        except ProtocolViolation as exc:
-            self._violation(exc)
-            return 0
+        self._owner.protocol_violation(exc.reason)
 
     def _tap(self, packets: Sequence[Any], is_rx: bool) -> None:
         """Show packets to the interface's taps (capture); a failing tap is dropped."""
@@ -196,11 +158,87 @@ class Queue:
                 with contextlib.suppress(ValueError):
                     self._taps.remove(tap)
 
+    async def _take_turn(self) -> None:
+        """Yield to the event loop once every ``_FAIR_PACKETS`` packets.
+
+        A read or write that finds the ring ready completes without suspending,
+        so a loop over a flood would otherwise never let timers, signal handlers,
+        other tasks or our own control channel run.  Callers await this BEFORE
+        they take or publish anything (the cancellation contract)."""
+        self._budget = _FAIR_PACKETS
+        await asyncio.sleep(0)
+
+
+class RxQueue(Queue):
+    """The receive direction of a queue pair."""
+
+    is_rx = True
+
+    def __init__(self, owner: QueueOwner, qid: int, ring: RxRing, eventfd: int,
+                 rx_mode: RxMode, taps: list[Tap] | None = None) -> None:
+        super().__init__(owner, qid, ring, eventfd, taps)
+        self._ring: RxRing = ring
+        self._mode = rx_mode
+        self._waiters: list[asyncio.Future[None]] = []
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._spins = 0
+        self._reading = False
+        self._evbuf = bytearray(8)
+        self._leased: list[Any] | None = None
+        ring.set_interrupt_mask(rx_mode is not RxMode.INTERRUPT)
+        if rx_mode is not RxMode.POLLING:
+            self._loop.add_reader(eventfd, self._on_interrupt)
+            self._reading = True
+
+    def _waiting(self) -> int:
+        return len(self._waiters)
+
+    def _release(self) -> None:
+        exc = self._dead
+        assert exc is not None
+        if self._leased is not None:  # views must go before the mapping does
+            self._end_lease()
+        if self._reading:
+            self._loop.remove_reader(self._efd)
+            self._reading = False
+        for w in self._waiters:
+            if not w.done():
+                w.set_exception(exc)
+        self._waiters.clear()
+
+    # --- receive -------------------------------------------------------------------
+    def _on_interrupt(self) -> None:
+        try:
+            eventfd.drain(self._efd, self._evbuf)
+        except eventfd.StuckEventfd as exc:
+            self._owner.protocol_violation(exc.strerror or "interrupt eventfd made blocking")
+            return
+        self._ring.stats.interrupts += 1
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters.clear()
+
+    def _fill(self, n: int = _BATCH) -> int:
+        if self._dead is not None:
+            return 0
+        try:
+            if self._taps:
+                got: list[bytes] = []
+                k: int = self._ring.read_burst(n, got)
+                self._pending.extend(got)
+                self._tap(got, True)
+                return k
+            return self._ring.read_burst(n, self._pending)
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return 0
+
     def _spin(self) -> bool:
         """Busy-poll the ring for up to ``_SPIN_NS`` without yielding (polling modes).
 
         True as soon as the peer has published something."""
-        ready = self._ring.ready  # type: ignore[union-attr]
+        ready = self._ring.ready
         if ready():
             return True
         clock = time.perf_counter_ns
@@ -211,6 +249,8 @@ class Queue:
         return False
 
     async def _wait_rx(self) -> None:
+        """Wait until the ring may have something.  Takes nothing itself (a fill
+        moves packets into the queue's own buffer, where the next read finds them)."""
         mode = self._mode
         if mode is RxMode.POLLING:
             if not self._spin():
@@ -227,21 +267,20 @@ class Queue:
             if self._fill():
                 return
         fut = self._loop.create_future()
-        self._waiters.append(fut)
+        waiters = self._waiters
+        waiters.append(fut)
         try:
             await fut
         finally:
+            if not fut.done() or fut.cancelled():  # cancelled: forget the waiter
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
             if mode is RxMode.ADAPTIVE and self._dead is None:
                 ring.set_interrupt_mask(True)
                 self._spins = 0
 
-    def _check_rx(self) -> None:
-        if not self._is_rx:
-            raise TypeError("this is a transmit queue")
-
     def read_packet_nowait(self) -> bytes:
         """One packet if one is ready, else :class:`WouldBlock` (or :class:`Disconnected`)."""
-        self._check_rx()
         if self._pending or self._fill():
             return self._pending.popleft()
         self._raise_dead()
@@ -249,16 +288,15 @@ class Queue:
 
     async def read_packet(self) -> bytes:
         """Wait for the next packet (chains arrive reassembled)."""
-        self._check_rx()
         pending = self._pending
         while True:
             if pending or self._fill():
-                self._spins = 0
-                pkt = pending.popleft()
-                self._budget -= 1
                 if self._budget <= 0:
-                    await self._take_turn()
-                return pkt
+                    await self._take_turn()  # before taking: a cancel here loses nothing
+                    continue
+                self._budget -= 1
+                self._spins = 0
+                return pending.popleft()
             self._raise_dead()
             await self._wait_rx()
 
@@ -276,16 +314,14 @@ class Queue:
 
     def read_burst_nowait(self, max_packets: int) -> list[bytes]:
         """Up to ``max_packets`` packets that are ready now (maybe none)."""
-        self._check_rx()
         if max_packets < 1:
             raise ValueError("max_packets must be at least 1")
         pending = self._pending
         if not pending:  # the common case: straight from the ring into the result
             out: list[bytes] = []
             if self._dead is None:
-                ring = self._ring
                 try:
-                    ring.read_burst(max_packets, out)  # type: ignore[union-attr]
+                    self._ring.read_burst(max_packets, out)
                 except ProtocolViolation as exc:
                     self._violation(exc)
                 if self._taps:
@@ -307,23 +343,14 @@ class Queue:
     async def read_burst(self, max_packets: int) -> list[bytes]:
         """Wait for at least one packet; return up to ``max_packets``."""
         while True:
+            if self._budget <= 0:
+                await self._take_turn()  # before taking: a cancel here loses nothing
             out = self.read_burst_nowait(max_packets)
             if out:
                 self._spins = 0
                 self._budget -= len(out)
-                if self._budget <= 0:
-                    await self._take_turn()
                 return out
             await self._wait_rx()
-
-    async def _take_turn(self) -> None:
-        """Yield to the event loop once every ``_FAIR_PACKETS`` packets.
-
-        A read or write that finds the ring ready completes without suspending,
-        so a loop over a flood would otherwise never let timers, signal handlers,
-        other tasks or our own control channel run."""
-        self._budget = _FAIR_PACKETS
-        await asyncio.sleep(0)
 
     @contextlib.asynccontextmanager
     async def lease(self, max_packets: int = 64) -> AsyncIterator[list[Any]]:
@@ -336,8 +363,10 @@ class Queue:
         views are then released, so touching one afterwards raises
         ``ValueError`` instead of reading memory the peer may be reusing.
         Keep ``bytes(view)`` of what you need beyond the block.
+
+        If the block raises (or is cancelled) the packets are not consumed:
+        the next read returns them again, in order.
         """
-        self._check_rx()
         if max_packets < 1:
             raise ValueError("max_packets must be at least 1")
         if self._leased is not None:
@@ -345,14 +374,15 @@ class Queue:
         views: list[Any] = []
         pending = self._pending
         while True:
+            if self._budget <= 0:
+                await self._take_turn()
             while pending and len(views) < max_packets:
                 views.append(pending.popleft())
             if views:
                 break
             if self._dead is None:
                 try:
-                    if self._ring.read_burst(max_packets, views,  # type: ignore[union-attr]
-                                             zero_copy=True):
+                    if self._ring.read_burst(max_packets, views, zero_copy=True):
                         if self._taps:
                             self._tap(views, True)
                         break
@@ -361,9 +391,15 @@ class Queue:
             self._raise_dead()
             await self._wait_rx()
         self._leased = views
+        self._budget -= len(views)
+        ok = False
         try:
             yield views
+            ok = True
         finally:
+            if not ok and self._leased is views:  # give the packets back, in order
+                pending.extendleft(reversed([v if isinstance(v, bytes) else bytes(v)
+                                             for v in views]))
             self._end_lease()
 
     def _end_lease(self) -> None:
@@ -376,7 +412,7 @@ class Queue:
                 with contextlib.suppress(BufferError):  # exported on (e.g. PickleBuffer): it
                     v.release()  # stays valid and keeps the mapping until it is let go
         if self._dead is None:
-            self._ring.end_lease()  # type: ignore[union-attr]
+            self._ring.end_lease()
             self._spins = 0
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -391,11 +427,39 @@ class Queue:
                 return
             yield pkt
 
+
+class TxQueue(Queue):
+    """The transmit direction of a queue pair."""
+
+    is_rx = False
+    #: how a transmit queue signals the peer (made at the first signal, see eventfd.py)
+    _interrupt: eventfd.Interrupt | None = None
+
+    def __init__(self, owner: QueueOwner, qid: int, ring: TxRing, eventfd: int,
+                 tx_timeout: float | None = None, taps: list[Tap] | None = None) -> None:
+        super().__init__(owner, qid, ring, eventfd, taps)
+        self._ring: TxRing = ring
+        self._tx_timeout = tx_timeout
+        self._signals = 0
+        self._signal_pending = False
+        self._reserved: Reservation | None = None
+
+    def _interrupts(self) -> int:
+        return self._signals
+
+    def _release(self) -> None:
+        if self._reserved is not None:
+            for v in self._reserved:
+                v.release()
+        if self._interrupt is not None:
+            self._interrupt.close()
+            self._interrupt = None
+
     # --- transmit -------------------------------------------------------------------
     def _write(self, packets: Sequence[bytes], start: int = 0) -> int:
         self._raise_dead()
         try:
-            n = self._ring.write_burst(packets, start)  # type: ignore[union-attr]
+            n = self._ring.write_burst(packets, start)
         except ProtocolViolation as exc:
             self._violation(exc)
             self._raise_dead()
@@ -411,7 +475,7 @@ class Queue:
         if self._dead is not None:
             self._raise_dead()
         try:
-            ok = self._ring.write_one(data)  # type: ignore[union-attr]
+            ok = self._ring.write_one(data)
         except ProtocolViolation as exc:
             self._violation(exc)
             self._raise_dead()
@@ -444,7 +508,7 @@ class Queue:
 
     def _stuck(self, exc: eventfd.StuckEventfd) -> None:
         """The peer made our signal's write block: disconnect with the reason."""
-        self._itf._protocol_violation(exc.strerror or "interrupt eventfd blocked")
+        self._owner.protocol_violation(exc.strerror or "interrupt eventfd blocked")
 
     @contextlib.asynccontextmanager
     async def reserve(self, count: int, size: int) -> AsyncIterator[Reservation]:
@@ -456,14 +520,13 @@ class Queue:
         ``bufs.lengths[i]`` (``size`` unless changed).  If the block raises
         (or is cancelled) nothing is published and no slot is lost.
         """
-        self._check_tx()
         if self._reserved is not None:
             raise RuntimeError("a reservation on this queue is already active")
         retry: _Backoff | None = None
         while True:
             self._raise_dead()
             try:
-                views = self._ring.reserve(count, size)  # type: ignore[union-attr]
+                views = self._ring.reserve(count, size)
             except ProtocolViolation as exc:
                 self._violation(exc)
                 self._raise_dead()
@@ -490,27 +553,21 @@ class Queue:
                                                          max(lengths) > size)):
                     raise ValueError(f"lengths must be {count} values within 1..{size}")
                 self._raise_dead()
-                self._ring.commit(lengths)  # type: ignore[union-attr]
+                self._ring.commit(lengths)
                 if copies:
                     self._tap(copies, False)
                 if not self._signal_pending and self._ring.peer_wants_interrupt():
                     self._signal_pending = True
                     self._loop.call_soon(self._signal)
 
-    def _check_tx(self) -> None:
-        if self._is_rx:
-            raise TypeError("this is a receive queue")
-
     def write_packet_nowait(self, data: bytes) -> int:
         """Publish one packet now or raise :class:`WouldBlock` (ring full)."""
-        self._check_tx()
         if not self._write_one(data):
             raise WouldBlock("ring full")
         return len(data)
 
     def write_burst_nowait(self, packets: Sequence[bytes]) -> int:
         """Publish as many of ``packets`` as fit now; return how many."""
-        self._check_tx()
         return self._write(packets)
 
     async def write_packet(self, data: bytes) -> int:
@@ -519,55 +576,51 @@ class Queue:
         memif has no "space available" signal, so waiting polls with a short
         backoff (yield, then sleeps up to 2 ms).  ``tx_timeout`` of the
         interface's :class:`~memif_aio.Arguments` bounds the wait
-        (``TimeoutError``).
+        (``TimeoutError``).  Raising (``TimeoutError``, cancellation,
+        ``Disconnected``) means the packet was not published.
         """
-        if self._is_rx:
-            self._check_tx()
+        if self._budget <= 0:
+            await self._take_turn()  # before publishing, never after
         if self._write_one(data):
             self._budget -= 1
-            if self._budget <= 0:
-                await self._take_turn()
             return len(data)
         retry = _Backoff(self._tx_timeout)
         while True:
             await retry.wait()
             if self._write_one(data):
+                self._budget -= 1
                 return len(data)
 
     async def write_burst(self, packets: Union[Sequence[bytes], Iterable[bytes]]) -> int:
-        """Publish every packet in order, waiting for space as needed; returns the count.
+        """Publish packets from the front of ``packets``, in order; return how many.
 
-        A packet that can never fit the ring raises :class:`PacketTooLarge` at once and
-        nothing is published (see docs/concepts.md, Chained buffers, for the one case of
-        a short count)."""
-        self._check_tx()
+        Like ``socket.send``: waits (with the transmit backoff and
+        ``tx_timeout``) only while nothing at all fits, then publishes as many
+        as fit and returns that count, which may be short of ``len(packets)``.
+        Send the rest with another call (``packets[n:]``).  Raising
+        (``TimeoutError``, cancellation, ``Disconnected``) means nothing was
+        published.  A packet that can never fit the ring raises
+        :class:`PacketTooLarge` when it comes first, and nothing is published;
+        behind others it ends the count short (see docs/concepts.md, Chained buffers).
+        """
         if not isinstance(packets, (list, tuple)):
             packets = list(packets)
-        total = len(packets)
-        done = self._write(packets)
-        if done == total:
-            self._budget -= total
-            if self._budget <= 0:
-                await self._take_turn()
-            return total
-        retry: _Backoff | None = None
-        while done < total:
-            retry = retry or _Backoff(self._tx_timeout)
-            await retry.wait()
-            try:
-                n = self._write(packets, done)
-            except PacketTooLarge:  # found only now (a peer posting buffers below its size)
-                if not done:
-                    raise
-                return done  # a short count: exactly what was published
-            if n:
-                done += n
-                retry.reset()
-        return total
+        if not packets:
+            return 0
+        if self._budget <= 0:
+            await self._take_turn()  # before publishing, never after
+        n = self._write(packets)
+        if not n:
+            retry = _Backoff(self._tx_timeout)
+            while not n:
+                await retry.wait()
+                n = self._write(packets)
+        self._budget -= n
+        return n
 
 
 class Reservation(list):  # type: ignore[type-arg]
-    """Writable buffers from :meth:`Queue.reserve`; set ``lengths[i]`` to publish less."""
+    """Writable buffers from :meth:`TxQueue.reserve`; set ``lengths[i]`` to publish less."""
 
     def __init__(self, views: list[memoryview], size: int) -> None:
         super().__init__(views)

@@ -15,10 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._text import printable
+from .channel import ControlChannel
 from .config import DEFAULT_SOCKET_FILENAME, Arguments
 from .errors import AcceptFailed, ConnectionEvicted, ListenerLost, MemifError
-from .interface import ControlChannel, Interface
-from .protocol import DEFAULT_MAX_REGIONS, HandshakeBudget, ServerConfig, ServerHandshake
+from .events import DEFAULT_MAXSIZE, Subscription, end_all, publish
+from .interface import Interface
+from .protocol import (
+    DEFAULT_MAX_REGIONS,
+    HandshakeBudget,
+    ServerConfig,
+    ServerHandshake,
+    ServerTarget,
+    Session,
+)
 from .transport import SeqpacketTransport
 
 log = logging.getLogger("memif_aio")
@@ -124,6 +133,13 @@ class Socket:
     (return False: the connection is closed before HELLO).  Credentials are logged at
     DEBUG either way, and a connected master reports them with
     :meth:`Interface.get_peer_credentials`.
+
+    Background errors (what happens away from any call of yours: a failed
+    ``accept``, the listener lost, a peer breaking the protocol on the data
+    path) are logged and delivered as :class:`~memif_aio.MemifError` s to
+    ``error_func(exc)`` (a plain function, called on the loop; it must not
+    block) and to every :meth:`errors` subscription: the analogue of gomemif's
+    ``StartPolling(errChan)``.
     """
 
     def __init__(self, filename: str = DEFAULT_SOCKET_FILENAME, *, app_name: str = "memif_aio",
@@ -136,7 +152,8 @@ class Socket:
                  max_pending_per_uid: int | None = None,
                  max_regions: int = DEFAULT_MAX_REGIONS,
                  max_handshake_fds: int | None = None,
-                 max_handshake_memory: int | None = None) -> None:
+                 max_handshake_memory: int | None = None,
+                 error_func: Callable[[MemifError], None] | None = None) -> None:
         self._filename = filename
         self._address = socket_address(filename)
         raw = app_name.encode("utf-8")
@@ -165,6 +182,8 @@ class Socket:
         self._server_config = ServerConfig(app_name=raw, lookup=self._lookup,
                                            max_total_region_size=max_total_region_size,
                                            max_regions=max_regions, budget=budget)
+        self._error_func = error_func
+        self._error_subscribers: list[Subscription[MemifError]] = []
         self._interfaces: dict[tuple[bool, int], Interface] = {}
         self._listener: _socket.socket | None = None
         self._listener_inode: tuple[int, int] | None = None
@@ -176,7 +195,8 @@ class Socket:
         self._check_timer: asyncio.TimerHandle | None = None
         self._foreign_inode: tuple[int, int] | None = None  # what we last reported at our path
         self._error_log: dict[str, list[float]] = {}  # kind -> [last logged, not logged since]
-        self._server_channels: set[ControlChannel] = set()
+        #: accepted channels whose INIT named an interface, and which one
+        self._server_channels: dict[ControlChannel, Interface] = {}
         self._polling = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -204,6 +224,22 @@ class Socket:
     @property
     def interfaces(self) -> list[Interface]:
         return list(self._interfaces.values())
+
+    def errors(self, maxsize: int = DEFAULT_MAXSIZE) -> Subscription[MemifError]:
+        """``async for exc in sock.errors()``: background errors from the moment of
+        this call (see the class docstring).  At most ``maxsize`` are buffered; when
+        full the oldest is dropped and counted in ``.dropped``.  Ends when the
+        socket is deleted or after ``.close()``."""
+        return Subscription(self._error_subscribers, maxsize)
+
+    def _deliver_error(self, exc: MemifError) -> None:
+        publish(self._error_subscribers, exc)
+        func = self._error_func
+        if func is not None:
+            try:
+                func(exc)
+            except Exception:
+                log.exception("%s: error_func %r failed", self._filename, func)
 
     def add_listener(self, fd: int) -> None:
         """Serve master interfaces on an already listening AF_UNIX SOCK_SEQPACKET socket
@@ -240,8 +276,7 @@ class Socket:
         for ch in list(self._pending):
             ch.close("socket stopped polling")
         for itf in list(self._interfaces.values()):
-            await itf._shutdown("socket stopped polling")
-            itf._paused = False  # start_polling() brings slaves back
+            await itf._shutdown("socket stopped polling", resume=True)
         self._flush_error_log()
 
     async def delete(self) -> None:
@@ -253,6 +288,7 @@ class Socket:
             ch.close("socket deleted")
         self._close_listener()
         self._flush_error_log()
+        end_all(self._error_subscribers)
         await asyncio.sleep(0)  # let transports deliver connection_lost
 
     async def __aenter__(self) -> Socket:
@@ -472,9 +508,10 @@ class Socket:
                 self._pause_listener(wait)
                 return False
             self._evict(victim, now, limit)
-        channel = ControlChannel(ServerHandshake(self._server_config), self,
-                                 self._handshake_timeout)
-        channel.peer_credentials = creds
+        channel = ControlChannel(ServerHandshake(self._server_config),
+                                 self._handshake_timeout, on_init=self._claim,
+                                 on_established=self._channel_established,
+                                 on_closed=self._channel_closed, peer_credentials=creds)
         pending = _Pending(channel, uid, creds, now)
         self._pending[channel] = pending
         if self._init_timeout < self._handshake_timeout:
@@ -569,7 +606,9 @@ class Socket:
         """Every error that happens in the background (accept failures, listener loss,
         evictions) goes through here.  For now it is logged at WARNING, at most one line per
         kind (exception class) every BACKGROUND_LOG_INTERVAL seconds, with the number of
-        lines not logged since; the record carries the exception as ``memif_error``."""
+        lines not logged since; the record carries the exception as ``memif_error``.
+        Every one reaches ``error_func`` and the :meth:`errors` subscribers, logged or not."""
+        self._deliver_error(exc)
         kind = type(exc).__name__
         if isinstance(exc, ListenerLost) and exc.recreated:  # the good news is not held back
             kind += " (re-created)"
@@ -592,22 +631,32 @@ class Socket:
         self._error_log.clear()
 
     # --- called by server channels -----------------------------------------------------------
-    def _lookup(self, interface_id: int) -> Interface | None:
-        return self._interfaces.get((True, interface_id))
-
-    def _claim(self, interface_id: int, channel: ControlChannel) -> Interface | None:
+    def _lookup(self, interface_id: int) -> ServerTarget | None:
         itf = self._interfaces.get((True, interface_id))
+        return itf._server_target() if itf is not None else None
+
+    def _claim(self, channel: ControlChannel, interface_id: int) -> None:
+        """INIT accepted: the channel now belongs to master ``interface_id``."""
         self._unpend(channel)
-        self._server_channels.add(channel)
-        if itf is not None:
-            itf._channel = channel
-        return itf
+        itf = self._interfaces.get((True, interface_id))
+        if itf is not None and itf._attach(channel):
+            self._server_channels[channel] = itf
+        else:
+            channel.close("interface busy")
+
+    def _channel_established(self, channel: ControlChannel, session: Session) -> None:
+        itf = self._server_channels.get(channel)
+        if itf is None:  # its interface went away meanwhile
+            session.close()
+            channel.close("interface deleted")
+            return
+        itf._on_established(channel, session)
 
     def _channel_closed(self, channel: ControlChannel, reason: str, by_peer: bool) -> None:
         self._unpend(channel)
-        self._server_channels.discard(channel)
-        if channel.interface is not None:
-            channel.interface._channel_closed(channel, reason, by_peer)
+        itf = self._server_channels.pop(channel, None)
+        if itf is not None:
+            itf._channel_closed(channel, reason, by_peer)
         else:
             log.info("%s: connection closed before INIT was accepted (%s)", self._filename,
                      printable(reason))

@@ -772,8 +772,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 q = itf.get_tx_queue(0)
                 seq = 0
                 while args.burst:
-                    await q.write_burst([seq_packet(s) for s in range(seq, seq + 32)])
-                    seq += 32
+                    # write_burst publishes what fits (like socket.send): count that
+                    seq += await q.write_burst([seq_packet(s) for s in range(seq, seq + 32)])
                 await asyncio.Event().wait()
 
             try:

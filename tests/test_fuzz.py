@@ -39,6 +39,7 @@ from memif_aio.protocol import (
     SendMessage,
     ServerConfig,
     ServerHandshake,
+    ServerTarget,
 )
 from memif_aio.ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer, _Ring
 from memif_aio.wire import (
@@ -160,14 +161,11 @@ LAYOUT = ClientLayout(1, 1, LOG2, BSIZE, RingLayout.for_cache_line(64))
 REGION_SIZE = LAYOUT.region_size
 
 
-@dataclass
-class Target:
-    mode: int = 0
-    secret: bytes = b""
-    busy: bool = False
+@dataclass(frozen=True)
+class Target(ServerTarget):
+    """The server machine's view of an interface, named as the tests like it."""
+
     if_name: bytes = b"srv"
-    cache_line_size: int = 64
-    require_seal: bool = True
 
 
 TARGETS = {0: Target(), 1: Target(secret=b"pw"), 2: Target(require_seal=False, mode=1),

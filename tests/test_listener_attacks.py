@@ -52,6 +52,7 @@ from memif_aio.protocol import (
     SendMessage,
     ServerConfig,
     ServerHandshake,
+    ServerTarget,
 )
 from memif_aio.wire import (
     MSG_ADD_RING_FLAG_S2M,
@@ -377,13 +378,8 @@ async def test_handshake_memory_is_bounded_per_socket(sock_path: str, no_leaks: 
         os.close(mfd)
 
 
-class _Target:
-    mode = 0
-    secret = b""
-    busy = False
-    if_name = b"srv"
-    cache_line_size = 64
-    require_seal = True
+def _Target() -> ServerTarget:  # the value object the server machine looks up
+    return ServerTarget(if_name=b"srv")
 
 
 def _drive(srv: ServerHandshake, cli: ClientHandshake) -> list[object]:

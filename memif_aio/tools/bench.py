@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from ..errors import Disconnected, MemifError
 from ..packet import ethernet, ipv4, parse_ip
-from ..queue import Queue
+from ..queue import RxQueue, TxQueue
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -116,7 +116,7 @@ class Bench:
             self.done.set()
 
     # --- per queue pair ----------------------------------------------------------------
-    async def tx_queue(self, _rx: Queue, tx: Queue) -> None:
+    async def tx_queue(self, _rx: RxQueue, tx: TxQueue) -> None:
         ns = self.tool.ns
         qid = tx.qid
         seq = self.seqs.get(qid, 0)
@@ -137,7 +137,9 @@ class Bench:
                         k = tx.write_burst_nowait(pkts)
                         self.t.drops += n - k
                     else:
-                        k = await tx.write_burst(pkts)
+                        k = 0  # write_burst may publish fewer than asked
+                        while k < n:
+                            k += await tx.write_burst(pkts[k:])
                 finally:
                     self.claimed -= n
                 self.claimed += k
@@ -155,7 +157,7 @@ class Bench:
         except Disconnected:
             return
 
-    async def rx_queue(self, rx: Queue, _tx: Queue) -> None:
+    async def rx_queue(self, rx: RxQueue, _tx: TxQueue) -> None:
         burst = self.tool.ns.burst
         expected: dict[int, int] = {}
         parse = self.frames.parse
@@ -182,7 +184,7 @@ class Bench:
         except Disconnected:
             return
 
-    async def echo_queue(self, rx: Queue, tx: Queue) -> None:
+    async def echo_queue(self, rx: RxQueue, tx: TxQueue) -> None:
         burst = self.tool.ns.burst
         swap = self.tool.ns.macswap and self.tool.ns.mode == "ethernet"
         try:
@@ -190,7 +192,9 @@ class Bench:
                 pkts = await rx.read_burst(burst)
                 if swap:
                     pkts = [p[6:12] + p[0:6] + p[12:] if len(p) >= 12 else p for p in pkts]
-                await tx.write_burst(pkts)
+                sent = 0  # write_burst may publish fewer than asked
+                while sent < len(pkts):
+                    sent += await tx.write_burst(pkts[sent:])
                 self._count(len(pkts), sum(map(len, pkts)))
                 await asyncio.sleep(0)
         except Disconnected:

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from ..capture import DEFAULT_SNAPLEN, Capture, linktype_for
 from ..errors import Disconnected
-from ..queue import Queue
+from ..queue import RxQueue, TxQueue
 from .common import (
     EXIT_OK,
     Tool,
@@ -72,7 +72,7 @@ def main(ns: argparse.Namespace) -> int:
     return run(ns, "capture", _body)
 
 
-async def _sink(rx: Queue, _tx: Queue) -> None:
+async def _sink(rx: RxQueue, _tx: TxQueue) -> None:
     try:
         while True:
             await rx.read_burst(64)
@@ -81,10 +81,13 @@ async def _sink(rx: Queue, _tx: Queue) -> None:
         return
 
 
-async def _echo(rx: Queue, tx: Queue) -> None:
+async def _echo(rx: RxQueue, tx: TxQueue) -> None:
     try:
         while True:
-            await tx.write_burst(await rx.read_burst(64))
+            pkts = await rx.read_burst(64)
+            sent = 0  # write_burst may publish fewer than asked
+            while sent < len(pkts):
+                sent += await tx.write_burst(pkts[sent:])
             await asyncio.sleep(0)
     except Disconnected:
         return
@@ -101,7 +104,7 @@ async def _body(tool: Tool) -> int:
         raise ToolError(f"cannot write {ns.write}: {exc.strerror or exc}") from None
     name = "stdout" if ns.write == "-" else ns.write
     try:
-        per_queue: Callable[[Queue, Queue], Coroutine[Any, Any, None]]
+        per_queue: Callable[[RxQueue, TxQueue], Coroutine[Any, Any, None]]
         if ns.act == "responder":
             resp = Responder(ns.mac if ns.mode == "ethernet" else None, ns.ip)
             per_queue = resp.serve_queue

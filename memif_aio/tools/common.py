@@ -24,7 +24,7 @@ from ..config import Arguments, MemoryConfig, RxMode
 from ..errors import MemifError
 from ..interface import Interface
 from ..packet import parse_ip, parse_mac
-from ..queue import Queue
+from ..queue import RxQueue, TxQueue
 from ..socket import Socket
 from ..status import StatusEndpoint
 from ..wire import MAX_LOG2_RING_SIZE, InterfaceMode
@@ -316,7 +316,7 @@ class Tool:
                 t.cancel()
             await asyncio.gather(*tasks, *events, return_exceptions=True)
 
-    async def serve(self, per_queue: Callable[[Queue, Queue], Coroutine[Any, Any, None]],
+    async def serve(self, per_queue: Callable[[RxQueue, TxQueue], Coroutine[Any, Any, None]],
                     *, duration: float | None = None,
                     done: asyncio.Event | None = None) -> None:
         """Run ``per_queue(rx, tx)`` on every queue pair of every connection (the link

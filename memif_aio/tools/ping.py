@@ -35,7 +35,7 @@ from ..packet import (
     parse_ipv4,
     respond,
 )
-from ..queue import Queue
+from ..queue import RxQueue, TxQueue
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -82,7 +82,7 @@ class Pinger:
         self.arp_done = asyncio.Event()
         self.all_answered = asyncio.Event()
         self.count: int = ns.count
-        self.tx: Queue | None = None
+        self.tx: TxQueue | None = None
         self.pattern: bytes = bytes(range(256)) * (self.size // 256 + 2)
 
     def payload(self, seq: int) -> bytes:
@@ -90,7 +90,7 @@ class Pinger:
         return bytes(self.pattern[off:off + self.size])
 
     # --- receive ---------------------------------------------------------------------
-    async def reader(self, rx: Queue) -> None:
+    async def reader(self, rx: RxQueue) -> None:
         try:
             while True:
                 for p in await rx.read_burst(64):
@@ -158,7 +158,7 @@ class Pinger:
                     pass
 
     # --- send ------------------------------------------------------------------------
-    async def resolve(self, tx: Queue, timeout: float) -> bool:
+    async def resolve(self, tx: TxQueue, timeout: float) -> bool:
         assert self.my_mac is not None
         req = arp_frame(ARP_REQUEST, self.my_mac, self.my_ip, bytes(6), self.dest)
         deadline = time.monotonic() + timeout if timeout > 0 else math.inf  # 0: no limit
@@ -173,7 +173,7 @@ class Pinger:
                 pass
         return True
 
-    async def send_loop(self, tx: Queue, interval: float) -> None:
+    async def send_loop(self, tx: TxQueue, interval: float) -> None:
         seq = 0
         next_at = time.monotonic()
         while not self.tool.stop.is_set() and (self.count == 0 or seq < self.count):

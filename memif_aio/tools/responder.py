@@ -24,7 +24,7 @@ from ..packet import (
     parse_ethernet,
     respond,
 )
-from ..queue import Queue
+from ..queue import RxQueue, TxQueue
 from .common import EXIT_OK, Tool, add_interface_options, ip_arg, mac_arg, positive_float, run
 
 DEFAULT_IP = "192.168.1.1"
@@ -62,13 +62,14 @@ class Responder:
                 c.echo += 1
         return out
 
-    async def serve_queue(self, rx: Queue, tx: Queue, burst: int = 64) -> None:
+    async def serve_queue(self, rx: RxQueue, tx: TxQueue, burst: int = 64) -> None:
         """Answer on ``tx`` what arrives on ``rx`` until the link goes down."""
         try:
             while True:
                 replies = self.handle(await rx.read_burst(burst))
-                if replies:
-                    await tx.write_burst(replies)
+                sent = 0  # write_burst may publish fewer than asked
+                while sent < len(replies):
+                    sent += await tx.write_burst(replies[sent:])
                 # read_burst returns at once while packets are waiting: under a flood,
                 # without this the loop would never run anything else (signals included)
                 await asyncio.sleep(0)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import Disconnected, MemifError
-from ..queue import Queue
+from ..queue import TxQueue
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -119,7 +119,7 @@ class Sender:
         end = self.stopped if self.stopped is not None else time.monotonic()
         return max(0.0, end - self.started)
 
-    async def _write(self, tx: Queue, pkts: list[bytes]) -> None:
+    async def _write(self, tx: TxQueue, pkts: list[bytes]) -> None:
         k = tx.write_burst_nowait(pkts)
         self.packets += k
         self.bytes += sum(map(len, pkts if k == len(pkts) else pkts[:k]))

@@ -42,7 +42,10 @@ async def echo(itf: Interface, qid: int) -> None:
     rx, tx = itf.get_rx_queue(qid), itf.get_tx_queue(qid)
     try:
         while True:
-            await tx.write_burst(await rx.read_burst(64))
+            pkts = await rx.read_burst(64)
+            sent = 0  # write_burst publishes what fits, like socket.send
+            while sent < len(pkts):
+                sent += await tx.write_burst(pkts[sent:])
     except Disconnected:
         pass
 
