@@ -210,9 +210,11 @@ async def test_slave_shows_and_logs_a_hostile_master_escaped(
         srv.conns.clear()
         # second attempt: connected to a master named EVIL_NAME / EVIL_IF
         await itf.disconnect()
-        await itf.request_connection()
+        # request_connection() returns once the link is up: serve it meanwhile
+        request = asyncio.ensure_future(itf.request_connection())
         conn = await srv.accept()
         await conn.serve(hello=MsgHello(EVIL_NAME), if_name=EVIL_IF)
+        await asyncio.wait_for(request, T)
         await itf.wait_connected(T)
         assert itf.get_peer_name() == "if" + EVIL_TEXT
         shown = format_show([itf])
