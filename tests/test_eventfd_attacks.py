@@ -177,12 +177,29 @@ async def echo(itf: Interface, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.01)
 
 
+#: signaller threads already alive when the running test started (another test's
+#: loop may have ended with a link open); the tests count only their own
+_before: set[Any] = set()
+
+
+@pytest.fixture(autouse=True)
+def _own_threads() -> None:
+    _before.clear()
+    _before.update(eventfd._alive)
+
+
+def own_threads() -> int:
+    """Signaller threads alive that this test started."""
+    return len(eventfd._alive - _before)
+
+
 async def wait_threads(most: int, timeout: float) -> int:
-    """Wait until at most ``most`` signaller threads are alive; return how many are."""
+    """Wait until at most ``most`` of this test's signaller threads are alive; return
+    how many are."""
     deadline = time.monotonic() + timeout
-    while eventfd.threads() > most and time.monotonic() < deadline:
+    while own_threads() > most and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    return eventfd.threads()
+    return own_threads()
 
 
 async def run_race(role: str, sock_dir: str) -> None:
@@ -384,8 +401,8 @@ async def test_idle_signaller_sleeps_and_goes_away(sock_path: str, no_leaks: Non
             assert await asyncio.wait_for(m.get_rx_queue(0).read_packet(), 5) == bytes([i]) * 60
             await m.get_tx_queue(0).write_packet(bytes([i]) * 60)
             assert await asyncio.wait_for(s.get_rx_queue(0).read_packet(), 5) == bytes([i]) * 60
-        assert eventfd.threads() == 1
-        (worker,) = eventfd._alive
+        assert own_threads() == 1
+        (worker,) = eventfd._alive - _before
         for _ in range(100):  # set by the thread as it starts
             if worker.native_id:
                 break
@@ -415,6 +432,11 @@ async def test_signals_work_in_a_forked_child(no_leaks: None) -> None:
             await asyncio.sleep(0.01)
         else:
             raise AssertionError("the parent's signal never arrived")
+        sig = eventfd._Signaller._by_loop[asyncio.get_running_loop()]
+
+        def mine() -> int:  # this signaller's threads (not other tests' leftovers)
+            return sum(1 for w in eventfd._alive if w.sig is sig)
+
         pid = os.fork()
         if pid == 0:  # child: no event loop of its own is needed to signal
             ok = False
@@ -428,11 +450,11 @@ async def test_signals_work_in_a_forked_child(no_leaks: None) -> None:
                         time.sleep(0.01)
                 intr.close()
                 for _ in range(200):  # and its thread goes away with the last link
-                    if eventfd.threads() == 0:
+                    if mine() == 0:
                         break
                     time.sleep(0.01)
             finally:
-                os._exit(0 if ok and eventfd.threads() == 0 else 1)
+                os._exit(0 if ok and mine() == 0 else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
