@@ -36,7 +36,8 @@ import logging
 import os
 import queue
 import threading
-from typing import Callable
+import weakref
+from typing import Callable, Union
 
 from .errors import ProtocolViolation
 
@@ -219,6 +220,7 @@ class Interrupt:
         self._stuck = False
         self._sig = _Signaller.of(loop)
         self._sig.opened(self)
+        self._sig.box.fds.add(self._fd)
 
     def signal(self) -> None:
         """Add 1 to the peer's counter, soon, from the signaller thread."""
@@ -253,6 +255,7 @@ class Interrupt:
 
     def _close_fd(self) -> None:  # with the lock held
         if self._fd >= 0:
+            self._sig.box.fds.discard(self._fd)
             os.close(self._fd)
             self._fd = -1
 
@@ -261,7 +264,9 @@ class _Worker:
     """One signaller thread; abandoned (and replaced) when a write gets stuck."""
 
     def __init__(self, sig: _Signaller) -> None:
-        self.sig = sig
+        # Not the signaller itself: a thread that holds it would keep it, its loop and
+        # its interrupts alive for ever once the loop is gone (see _Box).
+        self.get, self.lock = sig.queue.get, sig.lock
         self.inflight: Interrupt | None = None
         self.seq = 0  # writes started
         self.seen = -1  # seq in flight at the watchdog's last on-time check
@@ -283,12 +288,18 @@ class _Worker:
             _alive.discard(self)
 
     def run(self) -> None:
-        sig = self.sig
-        get, lock = sig.queue.get, sig.lock
+        get, lock = self.get, self.lock
         while True:
-            intr = get()
-            if intr is None:
+            item = get()
+            if item is None:
                 return
+            if isinstance(item, _Box):  # the signaller was collected
+                with lock:
+                    for fd in item.fds:
+                        os.close(fd)
+                    item.fds.clear()
+                return
+            intr = item
             with lock:
                 intr._queued = False  # a signal from now on queues another write
                 fd = intr._fd
@@ -310,24 +321,62 @@ class _Worker:
                     return
 
 
+class _Box:
+    """What outlives a signaller: its current queue and the fds of its open
+    interrupts.  A loop closed while links were up (``asyncio.run()`` returning with
+    an interface not deleted) never closes those interrupts; once the signaller, the
+    loop and the interrupts are garbage, a finalizer puts the box in the queue and
+    the worker closes the fds and exits.  No thread wakes up to look."""
+
+    __slots__ = ("__weakref__", "fds", "queue")
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self.fds: set[int] = set()
+
+
+def _collected(box: _Box) -> None:
+    box.queue.put(box)
+
+
+_Item = Union["Interrupt", None, _Box]
+
+
 class _Signaller:
     """The signaller of one event loop: a queue, one live worker thread (plus
     abandoned ones stuck in a write), a watchdog timer armed only while work is
     outstanding, and the drain of stuck eventfds."""
 
-    _by_loop: dict[asyncio.AbstractEventLoop, _Signaller] = {}
+    #: weak both ways: the interrupts (and the loop's timers) keep a signaller alive,
+    #: and nothing here keeps a loop that its owner dropped
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[_Signaller]] = (
+        weakref.WeakKeyDictionary())
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Signaller:
-        sig = cls._by_loop.get(loop)
+        ref = cls._by_loop.get(loop)
+        sig = ref() if ref is not None else None
         if sig is None:
-            sig = cls._by_loop[loop] = cls(loop)
+            sig = cls(loop)
+            cls._by_loop[loop] = weakref.ref(sig)
         return sig
+
+    @classmethod
+    def current(cls, loop: asyncio.AbstractEventLoop) -> _Signaller | None:
+        """The signaller in use on ``loop``, if any."""
+        ref = cls._by_loop.get(loop)
+        return ref() if ref is not None else None
+
+    def _forget(self) -> None:
+        if self.current(self.loop) is self:
+            del self._by_loop[self.loop]
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: queue.SimpleQueue[Interrupt | None] = queue.SimpleQueue()
+        self.box = _Box()
+        self.queue = self.box.queue
         self.put = self.queue.put
+        weakref.finalize(self, _collected, self.box)
         self.lock = threading.Lock()
         self.users = 0
         self.interrupts: set[Interrupt] = set()  # open ones
@@ -358,14 +407,14 @@ class _Signaller:
         if self.worker is not None:
             self.worker = None
             self.put(None)  # it exits; a later worker gets a queue of its own
-            self.queue = queue.SimpleQueue()
+            self.queue = self.box.queue = queue.SimpleQueue()
             self.put = self.queue.put
         busy = any(w.inflight is not None for w in self.workers)
         if self.timer is not None and not busy:  # a write in flight is still watched
             self.timer.cancel()
             self.timer = None
-        if not self.stuck and not busy and self._by_loop.get(self.loop) is self:
-            del self._by_loop[self.loop]
+        if not self.stuck and not busy:
+            self._forget()
 
     # --- the watchdog -------------------------------------------------------------
     def arm(self) -> None:
@@ -410,8 +459,8 @@ class _Signaller:
             self.drain_timer = self.loop.call_later(_DRAIN_EVERY, self._drain)
         if outstanding and (self.users or self.workers):
             self.arm()
-        elif self.users == 0 and not self.stuck and self._by_loop.get(self.loop) is self:
-            del self._by_loop[self.loop]
+        elif self.users == 0 and not self.stuck:
+            self._forget()
         for intr in verdicts:
             exc = StuckEventfd(errno.EAGAIN, f"the peer blocked the interrupt eventfd (a write "
                                f"did not complete in {_CHECK:g} s)")
@@ -448,9 +497,12 @@ def _after_fork_in_child() -> None:
     """A forked child has none of its parent's threads: start afresh (a worker for
     every signaller still in use, no abandoned thread, no stuck fd to drain)."""
     _alive.clear()
-    for sig in list(_Signaller._by_loop.values()):
+    for ref in list(_Signaller._by_loop.values()):
+        sig = ref()
+        if sig is None:
+            continue
         sig.lock = threading.Lock()
-        sig.queue = queue.SimpleQueue()
+        sig.queue = sig.box.queue = queue.SimpleQueue()
         sig.put = sig.queue.put
         sig.workers, sig.worker, sig.stuck = [], None, []
         for intr in sig.interrupts:

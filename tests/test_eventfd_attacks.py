@@ -409,7 +409,8 @@ async def test_idle_signaller_sleeps_and_goes_away(sock_path: str, no_leaks: Non
             await asyncio.sleep(0.01)
         assert worker.native_id, (worker.seq, worker.alive)
         await asyncio.sleep(eventfd._CHECK * 3)  # the watchdog's last look, then it stops
-        sig = eventfd._Signaller._by_loop[asyncio.get_running_loop()]
+        sig = eventfd._Signaller.current(asyncio.get_running_loop())
+        assert sig is not None
         assert sig.timer is None, "the watchdog timer is still armed on an idle process"
         before = _switches(worker.native_id)
         await asyncio.sleep(1.0)
@@ -432,10 +433,11 @@ async def test_signals_work_in_a_forked_child(no_leaks: None) -> None:
             await asyncio.sleep(0.01)
         else:
             raise AssertionError("the parent's signal never arrived")
-        sig = eventfd._Signaller._by_loop[asyncio.get_running_loop()]
+        sig = eventfd._Signaller.current(asyncio.get_running_loop())
+        assert sig is not None
 
         def mine() -> int:  # this signaller's threads (not other tests' leftovers)
-            return sum(1 for w in eventfd._alive if w.sig is sig)
+            return sum(1 for w in eventfd._alive if w.lock is sig.lock)
 
         pid = os.fork()
         if pid == 0:  # child: no event loop of its own is needed to signal
@@ -461,3 +463,53 @@ async def test_signals_work_in_a_forked_child(no_leaks: None) -> None:
         intr.close()
         os.close(fd)
     assert await wait_threads(0, 5.0) == 0
+
+
+# ----------------------------------------------------------------------------
+# A loop that ends with a link up leaves no thread, fd or loop behind
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_a_loop_closed_with_links_up_leaves_nothing(loop_name: str, sock_path: str,
+                                                     no_leaks: None) -> None:
+    """``asyncio.run()`` returning while interfaces are still connected (nobody
+    deleted them) must not keep the loop's signaller thread, the interrupts' fds or
+    the loop itself alive: once they are garbage the thread closes the fds and
+    exits, without ever waking up to look."""
+    import gc
+    import warnings
+    import weakref
+
+    import uvloop
+
+    runner = asyncio.run if loop_name == "asyncio" else uvloop.run
+    refs: list[weakref.ref[Any]] = []
+
+    async def main() -> None:
+        refs.append(weakref.ref(asyncio.get_running_loop()))
+        sock = Socket(sock_path)
+        await sock.start_polling()
+        m = sock.new_interface(Arguments(id=0, is_master=True, rx_mode=RxMode.INTERRUPT))
+        s = sock.new_interface(Arguments(id=0, is_master=False, rx_mode=RxMode.INTERRUPT))
+        await asyncio.gather(m.wait_connected(10), s.wait_connected(10))
+        for i in range(10):  # interrupts both ways: both ends hold an Interrupt
+            await s.get_tx_queue(0).write_packet(bytes([i]) * 60)
+            assert await asyncio.wait_for(m.get_rx_queue(0).read_packet(), 5) == bytes([i]) * 60
+            await m.get_tx_queue(0).write_packet(bytes([i]) * 60)
+            assert await asyncio.wait_for(s.get_rx_queue(0).read_packet(), 5) == bytes([i]) * 60
+        assert own_threads() == 1
+        # return with both links up and the socket open
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the abandoned transports
+        runner(main())
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            gc.collect()
+            if not own_threads() and refs[0]() is None:
+                break
+            time.sleep(0.05)
+    assert own_threads() == 0, "the signaller thread of a closed loop is still alive"
+    assert refs[0]() is None, "the closed loop is kept alive"
+    with contextlib.suppress(FileNotFoundError):  # nobody closed the listener
+        os.unlink(sock_path)
+    # no_leaks: the interrupts' duplicate eventfds were closed by the exiting thread
