@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -232,11 +233,11 @@ def test_long_path_last_component_too_long(sock_dir: str, no_leaks: None) -> Non
 
 
 @asynccontextmanager
-async def memif_pair(master_name: str, slave_name: str, *, master_kw: dict[str, object] | None
-                     = None, slave_kw: dict[str, object] | None = None,
+async def memif_pair(master_name: str, slave_name: str, *, master_kw: dict[str, Any] | None
+                     = None, slave_kw: dict[str, Any] | None = None,
                      ) -> AsyncIterator[tuple[Socket, Interface, Socket, Interface]]:
     async with Socket(master_name, **(master_kw or {})) as ms, \
-            Socket(slave_name, **(slave_kw or {})) as ss:  # type: ignore[arg-type]
+            Socket(slave_name, **(slave_kw or {})) as ss:
         m = ms.new_interface(Arguments(id=0, is_master=True, name="m"))
         s = ss.new_interface(Arguments(id=0, is_master=False, name="s",
                                        reconnect_min_delay=0.02, reconnect_max_delay=0.1))
