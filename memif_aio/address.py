@@ -162,20 +162,22 @@ def open_netns(ns: Netns) -> int:
 if sys.version_info >= (3, 12):
     def _setns(fd: int) -> None:
         os.setns(fd, os.CLONE_NEWNET)
-else:  # pragma: no cover - exercised on 3.11 only
-    import ctypes
-    import ctypes.util
-
+else:  # Python 3.11 has no os.setns: libc's, through ctypes (imported on first use only)
     _libc: Any = None
 
     def _setns(fd: int) -> None:
         global _libc
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-            _libc.setns.restype = ctypes.c_int
-        if _libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+            libc.setns.restype = ctypes.c_int
+            _libc = (libc, ctypes.get_errno)
+        libc, get_errno = _libc
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = get_errno()
             raise OSError(err, os.strerror(err))
 
 

@@ -172,14 +172,17 @@ async def test_reconnect_recreates_the_socket_in_the_namespace(
     name = unique()
     async with Socket(f"abstract:{name},netns_name={ns}") as ss:
         s = ss.new_interface(args(False))
-        for _ in range(3):
-            async with Socket(f"@{name}", netns=ns) as ms:
-                m = ms.new_interface(args(True))
-                await asyncio.wait_for(asyncio.gather(m.wait_connected(),
-                                                      s.wait_connected()), T)
-                await both_ways(m, s, 4)
-            while s.is_connected():
-                await asyncio.sleep(0.01)
+        async with s.events() as events:
+            for _ in range(3):
+                async with Socket(f"@{name}", netns=ns) as ms:
+                    m = ms.new_interface(args(True))
+                    await asyncio.wait_for(asyncio.gather(m.wait_connected(),
+                                                          s.wait_connected()), T)
+                    await both_ways(m, s, 4)
+                kinds: list[str] = []  # the master is gone: the slave's link goes down
+                while "down" not in kinds:
+                    kinds.append((await asyncio.wait_for(events.__anext__(), T)).kind)
+                assert kinds[-2:] == ["up", "down"] and not s.is_connected()
         assert s.stats().connections == 3
     no_netns_thread_left()
 
