@@ -33,6 +33,8 @@ class LinkEvent:
     time: float  #: ``time.time()`` of the change
     #: for "refused": the :class:`~memif_aio.ConnectionRefused` the attempt ended with
     error: ConnectionRefused | None = None
+    #: the network namespace of the interface's socket (``Socket.netns``; None: our own)
+    netns: str | None = None
 
 
 class Subscription(Generic[T]):

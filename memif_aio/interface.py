@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import socket as _socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +50,8 @@ class InterfaceStats:
     regions: tuple[tuple[int, int], ...]  #: (index, size) of each mapped region
     rx: tuple[QueueStats, ...]
     tx: tuple[QueueStats, ...]
+    #: the socket's network namespace as the user named it (None: the process's own)
+    netns: str | None = None
 
 
 class Interface:
@@ -189,7 +190,7 @@ class Interface:
             mode=self._args.mode.name.lower(), connections=self._connections,
             last_reason=self._last_reason, memory=self.get_memory_config(), regions=regions,
             rx=tuple(q.stats() for q in self.rx_queues),
-            tx=tuple(q.stats() for q in self.tx_queues))
+            tx=tuple(q.stats() for q in self.tx_queues), netns=self._socket.netns)
 
     def _state(self) -> str:
         return "connected" if self.is_connected() else (
@@ -398,19 +399,26 @@ class Interface:
         """An attempt failed before the link came up: the three ways it surfaces."""
         self._connect_error = exc.reason
         self._refusal = exc
-        publish(self._subscribers, LinkEvent("refused", exc.reason, exc.by_peer, time.time(), exc))
+        publish(self._subscribers, LinkEvent("refused", exc.reason, exc.by_peer, time.time(), exc,
+                                            netns=self._socket.netns))
         self._finish_attempt(exc)
 
     async def _connect_once(self) -> bool:
         """One connection: connect(), handshake, run until it closes.  True if it got up."""
         loop = asyncio.get_running_loop()
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-        sock.setblocking(False)
+        try:  # a new socket for every attempt, in the socket's network namespace
+            sock = self._socket._new_socket()
+        except (OSError, ValueError) as exc:
+            reason = f"cannot create a socket for {self._socket.get_filename()}: {exc}"
+            if reason != self._connect_error:
+                log.warning("interface %d: %s (retrying)", self.get_id(), reason)
+            self._refused(ConnectionRefused(reason))
+            return False
         try:
-            sock.connect(self._socket._address)
+            self._socket._connect(sock)
         except OSError as exc:
             sock.close()
-            reason = f"connect to {self._socket.get_filename()}: {exc.strerror or exc}"
+            reason = self._socket._connect_error(exc)
             if reason != self._connect_error:
                 log.info("interface %d: %s (retrying)", self.get_id(), reason)
             self._refused(ConnectionRefused(reason))
@@ -467,7 +475,8 @@ class Interface:
                  session.log2_ring_size, session.buffer_size)
         self._connected_event().set()
         self._finish_attempt(None)
-        publish(self._subscribers, LinkEvent("up", "", False, time.time()))
+        publish(self._subscribers, LinkEvent("up", "", False, time.time(),
+                                            netns=self._socket.netns))
         self._callback(args.connected_func)
 
     def _channel_closed(self, channel: ControlChannel, reason: str, by_peer: bool) -> None:
@@ -496,7 +505,8 @@ class Interface:
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(link is not None)
         if link is not None:
-            publish(self._subscribers, LinkEvent("down", reason, by_peer, time.time()))
+            publish(self._subscribers, LinkEvent("down", reason, by_peer, time.time(),
+                                                netns=self._socket.netns))
             self._callback(self._args.disconnected_func)
 
     def _callback(self, func: Any) -> None:

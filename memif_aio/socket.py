@@ -9,12 +9,16 @@ import os
 import resource
 import socket as _socket
 import stat
-import struct
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import address as _addr
 from ._text import printable
+from .address import NetnsSpec, SocketAddress, peer_credentials
+from .address import PeerCredentials as PeerCredentials  # public here and in memif_aio
+from .address import socket_address as socket_address  # the old home of the helper
 from .channel import ControlChannel
 from .config import DEFAULT_SOCKET_FILENAME, Arguments
 from .errors import AcceptFailed, ConnectionEvicted, ListenerLost, MemifError
@@ -58,24 +62,6 @@ def default_handshake_fds() -> int:
     return max(64, soft // 4)
 
 
-@dataclass(frozen=True)
-class PeerCredentials:
-    """The peer process of a control connection, from ``SO_PEERCRED``."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_credentials(sock: _socket.socket) -> PeerCredentials | None:
-    """``SO_PEERCRED`` of a connected AF_UNIX socket (None if the kernel will not tell)."""
-    try:
-        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    return PeerCredentials(*struct.unpack("3i", raw))
-
-
 @dataclass(eq=False)
 class _Pending:
     """A connection waiting for INIT (the listener's bookkeeping)."""
@@ -85,26 +71,6 @@ class _Pending:
     creds: PeerCredentials | None
     since: float  #: loop.time() of accept
     timer: asyncio.TimerHandle | None = field(default=None)
-
-
-def socket_address(filename: str) -> str:
-    """The ``sockaddr_un`` path for a memif socket name.
-
-    ``@name`` and ``abstract:name`` name the abstract namespace (``"\\0name"``,
-    compact, like libmemif ``@``, VPP ``abstract:`` and DPDK's default); anything
-    else is a filesystem path.
-    """
-    if filename.startswith("@"):
-        addr = "\0" + filename[1:]
-    elif filename.startswith("abstract:"):
-        addr = "\0" + filename[len("abstract:"):]
-    else:
-        addr = filename
-    if not addr or addr == "\0":
-        raise ValueError("empty socket name")
-    if len(addr.encode()) > 107 or "\0" in addr[1:]:
-        raise ValueError(f"socket name {filename!r} too long (at most 107 bytes) or contains NUL")
-    return addr
 
 
 class Socket:
@@ -140,6 +106,19 @@ class Socket:
     ``error_func(exc)`` (a plain function, called on the loop; it must not
     block) and to every :meth:`errors` subscription: the analogue of gomemif's
     ``StartPolling(errChan)``.
+
+    Names (``filename``): ``@NAME`` / ``abstract:NAME`` (abstract socket), VPP's
+    ``abstract:NAME,netns_name=NS`` and ``abstract:NAME,netns_pid=PID`` (in another network
+    namespace), a ``,padded`` suffix (the abstract name padded with NULs to 108 bytes, for
+    DPDK 20.11-21.05 and CNDP), or a filesystem path of any length (longer than the 108
+    bytes of ``sun_path`` through ``/proc/self/fd/N/NAME``; a socket in another container
+    as ``/proc/PID/root/PATH``).  ``netns=`` gives the namespace for the other forms: a
+    name (``/var/run/netns/NAME``), a path such as ``/proc/PID/ns/net``, an fd or an open
+    file.  The namespace is opened here (``FileNotFoundError`` naming a missing one,
+    ``PermissionError`` without CAP_SYS_ADMIN) and held open until :meth:`delete`; every
+    socket (listener, each slave connection, each reconnect) is created in it by a
+    short-lived thread of its own, then bound or connected on the loop.
+    ``padded=True`` is the ``,padded`` suffix.  :attr:`netns` shows the namespace.
     """
 
     def __init__(self, filename: str = DEFAULT_SOCKET_FILENAME, *, app_name: str = "memif_aio",
@@ -153,9 +132,13 @@ class Socket:
                  max_regions: int = DEFAULT_MAX_REGIONS,
                  max_handshake_fds: int | None = None,
                  max_handshake_memory: int | None = None,
-                 error_func: Callable[[MemifError], None] | None = None) -> None:
+                 error_func: Callable[[MemifError], None] | None = None,
+                 netns: NetnsSpec | None = None, padded: bool = False) -> None:
         self._filename = filename
-        self._address = socket_address(filename)
+        self._addr: SocketAddress = _addr.parse_address(filename, netns=netns, padded=padded)
+        #: the socket file's path (filesystem names; any length) or "\0name" (abstract)
+        self._address = self._addr.name if not self._addr.abstract else \
+            "\0" + self._addr.name
         raw = app_name.encode("utf-8")
         if len(raw) > 31 or b"\0" in raw:
             raise ValueError("app_name must be at most 31 UTF-8 bytes without NUL")
@@ -199,10 +182,75 @@ class Socket:
         self._server_channels: dict[ControlChannel, Interface] = {}
         self._polling = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._netns_fd: int | None = None
+        self._netns_closer: weakref.finalize[[int], Socket] | None = None
+        if self._addr.netns is not None:
+            self._open_netns()
 
     # --- gomemif surface ---------------------------------------------------------------
     def get_filename(self) -> str:
         return self._filename
+
+    @property
+    def netns(self) -> str | None:
+        """The network namespace of this socket as the user named it (``"blue"``,
+        ``"/proc/42/ns/net"``, ``"pid 42"``, ``"fd 7"``), None for our own."""
+        ns = self._addr.netns
+        return ns.label if ns is not None else None
+
+    @property
+    def address(self) -> SocketAddress:
+        """The parsed name: ``name``, ``abstract``, ``padded``, ``netns``."""
+        return self._addr
+
+    def __repr__(self) -> str:
+        ns = f" netns={self.netns!r}" if self._addr.netns is not None else ""
+        padded = " padded" if self._addr.padded else ""
+        return f"<Socket {self._filename!r}{ns}{padded}>"
+
+    # --- network namespace ------------------------------------------------------------------
+    def _open_netns(self) -> int:
+        """The held fd of our namespace (opened now if it is not open)."""
+        ns = self._addr.netns
+        assert ns is not None
+        if self._netns_fd is None:
+            fd = _addr.open_netns(ns)
+            self._netns_fd = fd
+            self._netns_closer = weakref.finalize(self, os.close, fd)
+        return self._netns_fd
+
+    def _close_netns(self) -> None:
+        closer, self._netns_closer = self._netns_closer, None
+        self._netns_fd = None
+        if closer is not None:
+            closer()
+
+    def _new_socket(self) -> _socket.socket:
+        """A new unbound non-blocking SOCK_SEQPACKET socket in our namespace."""
+        ns = self._addr.netns
+        fd = self._open_netns() if ns is not None else None
+        return _addr.socket_in_netns(fd, _socket.SOCK_SEQPACKET,
+                                     ns.label if ns is not None else "")
+
+    def _connect(self, sock: _socket.socket) -> None:
+        """connect() ``sock`` (from :meth:`_new_socket`) to our address; OSError as usual."""
+        _addr.connect_unix(sock, self._addr)
+
+    def _connect_error(self, exc: OSError) -> str:
+        """Why a slave's connect() failed, with what to try next."""
+        reason = f"connect to {self._filename}: {exc.strerror or exc}"
+        if exc.errno == errno.ECONNREFUSED and self._addr.abstract:
+            where = (f"network namespace {self.netns!r}" if self._addr.netns is not None
+                     else "this network namespace")
+            if self._addr.padded:
+                reason += (f" (nothing listens on the padded abstract name @{self._addr.name} "
+                           f"in {where}; a listener that does not pad needs the name without "
+                           "',padded')")
+            else:
+                reason += (f" (nothing listens on the abstract name @{self._addr.name} in "
+                           f"{where}; a DPDK 20.11-21.05 or CNDP listener pads the name with "
+                           "NULs: try ',padded' / padded=True; another namespace: netns=)")
+        return reason
 
     def new_interface(self, args: Arguments) -> Interface:
         """Add an interface; ids are unique per role on a socket."""
@@ -287,6 +335,7 @@ class Socket:
         for ch in list(self._pending):
             ch.close("socket deleted")
         self._close_listener()
+        self._close_netns()
         self._flush_error_log()
         end_all(self._error_subscribers)
         await asyncio.sleep(0)  # let transports deliver connection_lost
@@ -321,17 +370,17 @@ class Socket:
     def _bind(self, remove_stale: bool = True) -> tuple[_socket.socket, tuple[int, int] | None]:
         """A new listening socket at our address, and the inode of its file (None: abstract)."""
         addr = self._address
-        if remove_stale and not addr.startswith("\0"):
+        if remove_stale and not self._addr.abstract:
             self._remove_stale(addr)
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        sock = self._new_socket()
         inode: tuple[int, int] | None = None
         try:
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
             try:
-                sock.bind(addr)
+                _addr.bind_unix(sock, self._addr)
             except OSError as exc:
                 raise MemifError(self._bind_error(exc)) from None
-            if not addr.startswith("\0"):
+            if not self._addr.abstract:
                 st = os.stat(addr)
                 inode = (st.st_dev, st.st_ino)
                 if self._socket_mode is not None:
@@ -339,7 +388,6 @@ class Socket:
                 if self._socket_owner is not None:
                     os.chown(addr, *self._socket_owner)
             sock.listen(_socket.SOMAXCONN)
-            sock.setblocking(False)
         except BaseException:
             sock.close()
             if inode is not None:
@@ -348,7 +396,7 @@ class Socket:
         return sock, inode
 
     def _bind_error(self, exc: OSError) -> str:
-        addr = self._address
+        addr = self._addr.display
         if exc.errno == errno.ENOENT:
             return f"cannot listen on {addr}: directory {os.path.dirname(addr)!r} does not exist"
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -360,26 +408,10 @@ class Socket:
     def _remove_stale(self, path: str) -> None:
         """Unlink a socket file left by a dead process; refuse a live one (as VPP does)."""
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise MemifError(f"{path} exists and is not a socket")
-        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-        probe.setblocking(False)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            log.info("removing stale socket file %s", path)
-            os.unlink(path)
-            return
-        except BlockingIOError:
-            pass  # backlog full: someone is listening
+            if _addr.remove_stale_socket(path):
+                log.info("removing stale socket file %s", path)
         except OSError as exc:
-            raise MemifError(f"cannot probe existing socket {path}: {exc.strerror}") from None
-        finally:
-            probe.close()
-        raise MemifError(f"{path} is in use by a live listener (another process serves it)")
+            raise MemifError(exc.strerror or str(exc)) from None
 
     def _unlink_if_ours(self, inode: tuple[int, int]) -> None:
         """Remove our socket file, never someone else's replacement (same st_dev/st_ino)."""
