@@ -43,7 +43,8 @@ where a trigger is a message type either received from the peer
    is dropped (fds closed) with no output.
 6. Before the table is consulted a datagram must be a whole 128-byte message
    of a known type, carrying at most the one fd its type may carry
-   (ADD_REGION, ADD_RING: only the server takes those).
+   (:data:`FD_MESSAGES`: ADD_REGION, ADD_RING).  Only the server takes those:
+   an fd sent to a client is an "unexpected file descriptor".
 
 Server (master) - it speaks first, sending HELLO on accept::
 
@@ -155,6 +156,8 @@ RECEIVED = Way.RECEIVED
 SENT = Way.SENT
 #: what moves a machine: a message type, received or sent
 Trigger = tuple[Way, MsgType]
+#: the message types that may carry an fd on the wire (rule 6)
+FD_MESSAGES = frozenset({MsgType.ADD_REGION, MsgType.ADD_RING})
 
 SERVER_TRANSITIONS: Mapping[ServerState, Mapping[Trigger, ServerState]] = {
     ServerState.WAIT_INIT: {
@@ -357,8 +360,7 @@ class _Machine(Generic[S]):
                 msg = decode_message(data)
                 assert isinstance(msg, MsgDisconnect)
                 return self._teardown(to_text(msg.string) or "peer disconnected", by_peer=True)
-            wants_fd = t in (MsgType.ADD_REGION, MsgType.ADD_RING)
-            if len(fds) > (1 if wants_fd else 0):
+            if len(fds) > (1 if t in FD_MESSAGES else 0):
                 raise ProtocolViolation(
                     f"{len(fds)} file descriptors attached to a {_type_name(t)} message")
             try:
@@ -541,7 +543,7 @@ class ServerConfig:
 class ServerHandshake(_Machine[ServerState]):
     """One accepted connection on a master socket (§5.6; :data:`SERVER_TRANSITIONS`)."""
 
-    _FD_TYPES = frozenset({MsgType.ADD_REGION, MsgType.ADD_RING})
+    _FD_TYPES = FD_MESSAGES
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(SERVER_TRANSITIONS, ServerState.WAIT_INIT, ServerState.CONNECTED,
