@@ -50,6 +50,7 @@ from .wire import (
     MsgHello,
     MsgInit,
     MsgType,
+    WireError,
     decode_message,
 )
 
@@ -99,6 +100,7 @@ __all__ = [
     "Socket",
     "Subscription",
     "TxQueue",
+    "WireError",
     "WouldBlock",
     "decode_message",
     "format_show",

@@ -58,12 +58,7 @@ class ControlChannel(asyncio.Protocol):
         self._on_closed = on_closed
         self._timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
-        self._established = False
         self._closed = False
-
-    @property
-    def established(self) -> bool:
-        return self._established
 
     @property
     def closed(self) -> bool:
@@ -111,7 +106,6 @@ class ControlChannel(asyncio.Protocol):
                 self._on_init(self, out.interface_id)
             elif isinstance(out, Established):
                 self._cancel_timer()
-                self._established = True
                 self._on_established(self, out.session)
             elif isinstance(out, Closed):
                 self._cancel_timer()

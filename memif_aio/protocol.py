@@ -3,24 +3,88 @@
 :class:`ServerHandshake` runs one accepted connection on the master side,
 :class:`ClientHandshake` one connection of a slave interface.  Both are fed
 with what arrives - ``receive(data, fds)``, ``eof()``, ``timeout()`` - and
-answer with a list of outputs for the shell to carry out, in order:
+answer with a list of outputs for the shell to carry out, in order.  An output
+is either a :class:`Command` (something to do) or an :class:`Event` (something
+that happened):
 
-* :class:`SendMessage` - one 128-byte datagram, maybe with one fd;
-* :class:`InitAccepted` - (server) the connection now holds interface ``id``;
-* :class:`Established` - the handshake is complete, here is the :class:`Session`;
-* :class:`Closed` - the connection is over (close the socket after the sends).
+* :class:`SendMessage` (command) - one 128-byte datagram, maybe with one fd;
+* :class:`InitAccepted` (event) - (server) the connection now holds interface ``id``;
+* :class:`Established` (event) - the handshake is complete, here is the :class:`Session`;
+* :class:`Closed` (event) - the connection is over (close the socket after the sends).
 
 They never touch a socket, the event loop or a clock.  They own every fd
 received until it is handed over in a :class:`Session` (or closed on error):
-whatever the peer sends, nothing leaks.
+whatever the peer sends, nothing leaks (see "Who owns an fd" below).
+
+The two machines
+================
+
+Each role's states and transitions are written once, as data, in
+:data:`SERVER_TRANSITIONS` and :data:`CLIENT_TRANSITIONS` below (the way h11's
+``_state.py`` writes HTTP/1.1's): ``TABLE[state][trigger] -> next state``,
+where a trigger is a message type either received from the peer
+(``(RECEIVED, type)``) or sent by this machine (``(SENT, type)``).  The rules:
+
+1. A message received in a state whose row has no ``(RECEIVED, its type)``
+   entry is a protocol violation, ``"unexpected message <TYPE>"``.  Nothing
+   else decides which message may come when.
+2. A received message first moves the machine to the state the table names,
+   then its handler checks the message's fields and builds the outputs.  Any
+   check that fails is a violation, and a violation ends in ``CLOSED``, so the
+   early move is never seen from outside.
+3. A message this machine sends moves it only where its row has a
+   ``(SENT, type)`` entry (the client's CONNECT: from then on it waits for
+   CONNECTED, not for an ACK).  Other sends leave the state alone.
+4. In every state but ``CLOSED``: a DISCONNECT received or EOF (``by_peer``),
+   a local :meth:`close` or a violation (we send DISCONNECT(reason) first)
+   lead to ``CLOSED``; :meth:`timeout` does so only before ``CONNECTED``.
+   These apply everywhere, so they are rules, not table rows.
+5. ``CLOSED`` is final: its row is empty, and what reaches a closed machine
+   is dropped (fds closed) with no output.
+6. Before the table is consulted a datagram must be a whole 128-byte message
+   of a known type, carrying at most the one fd its type may carry
+   (:data:`FD_MESSAGES`: ADD_REGION, ADD_RING).  Only the server takes those:
+   an fd sent to a client is an "unexpected file descriptor".
+
+Server (master) - it speaks first, sending HELLO on accept::
+
+    WAIT_INIT      --INIT-->        WAIT_CONFIG     ACK; the target interface checked
+    WAIT_CONFIG    --ADD_REGION-->  WAIT_CONFIG     ACK; region mapped
+    WAIT_CONFIG    --ADD_RING-->    WAIT_CONFIG     ACK; ring checked
+    WAIT_CONFIG    --CONNECT-->     CONNECTED       Established, then CONNECTED
+    CONNECTED      --ACK-->         CONNECTED       ignored
+
+Client (slave) - each configuration message waits for the server's ACK::
+
+    WAIT_HELLO     --HELLO-->       WAIT_ACK        region, eventfds made; send INIT
+    WAIT_ACK       --ACK-->         WAIT_ACK        send the next: ADD_REGION, ADD_RING...
+    WAIT_ACK       ==CONNECT==>     WAIT_CONNECTED  (sent, the last one)
+    WAIT_CONNECTED --CONNECTED-->   CONNECTED       Established
+    CONNECTED      --ACK-->         CONNECTED       ignored
+
+Who owns an fd
+==============
+
+* An fd that arrives with a message belongs to :meth:`_Machine.receive` while
+  the message is handled, held in an :class:`IncomingFd`.  A handler that keeps
+  it calls :meth:`IncomingFd.hand_over`: the owner it names (a mapped
+  :class:`Region`, or the machine's list of held eventfds) owns it once that
+  call returns; if the call raises, the fd is still the message's.  Whatever
+  was not handed over when the handler returns or raises is closed.
+* The machine owns the regions and eventfds it holds (``_regions``,
+  ``_held_fds``) until :meth:`_Machine._hand_over` gives them to the
+  :class:`Session` of :class:`Established`; from then on the session (the
+  interface's link) closes them.  Teardown closes whatever the machine still
+  holds - nothing, after a hand-over.
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Any, Generic, TypeVar, Union
 
 from .config import DEFAULT_PACKET_BUFFER_SIZE, MemoryConfig
 from .errors import ProtocolViolation
@@ -39,9 +103,11 @@ from .wire import (
     MAX_LOG2_RING_SIZE,
     MAX_REGION_INDEX,
     MAX_RING_INDEX,
+    MAX_USABLE_LOG2_RING_SIZE,
     MSG_ADD_RING_FLAG_S2M,
     U32,
     VERSION,
+    Message,
     MsgAck,
     MsgAddRegion,
     MsgAddRing,
@@ -60,34 +126,112 @@ from .wire import (
 )
 
 # ----------------------------------------------------------------------------
+# States and transitions
+# ----------------------------------------------------------------------------
+
+
+class ServerState(enum.Enum):
+    WAIT_INIT = "wait-init"
+    WAIT_CONFIG = "wait-config"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class ClientState(enum.Enum):
+    WAIT_HELLO = "wait-hello"
+    WAIT_ACK = "wait-ack"
+    WAIT_CONNECTED = "wait-connected"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class Way(enum.Enum):
+    """Which way the message of a trigger travelled."""
+
+    RECEIVED = "received"  #: from the peer
+    SENT = "sent"  #: by this machine
+
+
+RECEIVED = Way.RECEIVED
+SENT = Way.SENT
+#: what moves a machine: a message type, received or sent
+Trigger = tuple[Way, MsgType]
+#: the message types that may carry an fd on the wire (rule 6)
+FD_MESSAGES = frozenset({MsgType.ADD_REGION, MsgType.ADD_RING})
+
+SERVER_TRANSITIONS: Mapping[ServerState, Mapping[Trigger, ServerState]] = {
+    ServerState.WAIT_INIT: {
+        (RECEIVED, MsgType.INIT): ServerState.WAIT_CONFIG,
+    },
+    ServerState.WAIT_CONFIG: {
+        (RECEIVED, MsgType.ADD_REGION): ServerState.WAIT_CONFIG,
+        (RECEIVED, MsgType.ADD_RING): ServerState.WAIT_CONFIG,
+        (RECEIVED, MsgType.CONNECT): ServerState.CONNECTED,
+    },
+    ServerState.CONNECTED: {
+        (RECEIVED, MsgType.ACK): ServerState.CONNECTED,
+    },
+    ServerState.CLOSED: {},
+}
+
+CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[Trigger, ClientState]] = {
+    ClientState.WAIT_HELLO: {
+        (RECEIVED, MsgType.HELLO): ClientState.WAIT_ACK,
+    },
+    ClientState.WAIT_ACK: {
+        (RECEIVED, MsgType.ACK): ClientState.WAIT_ACK,
+        (SENT, MsgType.CONNECT): ClientState.WAIT_CONNECTED,
+    },
+    ClientState.WAIT_CONNECTED: {
+        (RECEIVED, MsgType.CONNECTED): ClientState.CONNECTED,
+    },
+    ClientState.CONNECTED: {
+        (RECEIVED, MsgType.ACK): ClientState.CONNECTED,
+    },
+    ClientState.CLOSED: {},
+}
+
+# ----------------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------------
 
 
+class Command:
+    """An output the shell carries out (today: send a message)."""
+
+    __slots__ = ()
+
+
+class Event:
+    """An output that tells the shell what happened to the connection."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
-class SendMessage:
+class SendMessage(Command):
     data: bytes
     fd: int | None = None
 
 
 @dataclass(frozen=True)
-class InitAccepted:
+class InitAccepted(Event):
     interface_id: int
     peer_name: bytes
 
 
 @dataclass(frozen=True)
-class Established:
+class Established(Event):
     session: Session
 
 
 @dataclass(frozen=True)
-class Closed:
+class Closed(Event):
     reason: str
     by_peer: bool
 
 
-Output = Union[SendMessage, InitAccepted, Established, Closed]
+Output = Union[Command, Event]
 
 
 # ----------------------------------------------------------------------------
@@ -130,15 +274,71 @@ class Session:
         close_fds(self.tx_eventfds)
 
 
-class _Machine:
-    """Common plumbing: fd ownership, teardown, DISCONNECT/EOF handling."""
+_ACK = MsgAck().encode()
+T = TypeVar("T")
+S = TypeVar("S", bound=enum.Enum)
+#: a handler: checks one received message (and its fd) and builds the outputs
+Handler = Callable[[Any, "IncomingFd"], list[Output]]
 
-    def __init__(self) -> None:
-        self.closed = False
-        self.established = False
+
+class IncomingFd:
+    """The fd (if any) that came with one received message, and its hand-over.
+
+    :meth:`_Machine.receive` owns it while the message is handled and closes it
+    afterwards unless a handler handed it over (see "Who owns an fd" above).
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    @property
+    def present(self) -> bool:
+        return self._fd is not None
+
+    def hand_over(self, owner: Callable[[int], T]) -> T:
+        """Give the fd to ``owner(fd)``.  Once it returns, what it returned owns the fd;
+        if it raises, the fd is still this message's (and closed with it)."""
+        assert self._fd is not None, "no fd to hand over"
+        result = owner(self._fd)
+        self._fd = None
+        return result
+
+    def close(self) -> None:
+        """Close the fd unless it was handed over."""
+        if self._fd is not None:
+            close_fds([self._fd])
+            self._fd = None
+
+
+class _Machine(Generic[S]):
+    """Common plumbing of both roles: the table lookup, fd ownership, teardown,
+    DISCONNECT/EOF/timeout handling (rules 1-6 above)."""
+
+    #: the message types that may carry an fd to this role (rule 6)
+    _FD_TYPES: frozenset[MsgType] = frozenset()
+
+    def __init__(self, table: Mapping[S, Mapping[Trigger, S]], initial: S, connected: S,
+                 closed: S) -> None:
+        self._table = table
+        self.state: S = initial
+        self._connected_state = connected
+        self._closed_state = closed
+        self._handlers: dict[MsgType, Handler] = {}
+        # what this machine owns until _hand_over() gives it to a Session
         self._regions: list[Region] = []
-        self._held_fds: list[int] = []  # eventfds not yet handed over
-        self._pending_fd: int | None = None
+        self._held_fds: list[int] = []  # eventfds
+
+    @property
+    def closed(self) -> bool:
+        """The connection is over (``state`` is ``CLOSED``)."""
+        return self.state is self._closed_state
+
+    @property
+    def established(self) -> bool:
+        """The handshake completed and the connection is still up (``state`` is ``CONNECTED``)."""
+        return self.state is self._connected_state
 
     # -- inputs ----------------------------------------------------------------
     def receive(self, data: bytes, fds: list[int] | tuple[int, ...] = (),
@@ -160,24 +360,24 @@ class _Machine:
                 msg = decode_message(data)
                 assert isinstance(msg, MsgDisconnect)
                 return self._teardown(to_text(msg.string) or "peer disconnected", by_peer=True)
-            wants_fd = t in (MsgType.ADD_REGION, MsgType.ADD_RING)
-            if len(fds) > (1 if wants_fd else 0):
+            if len(fds) > (1 if t in FD_MESSAGES else 0):
                 raise ProtocolViolation(
                     f"{len(fds)} file descriptors attached to a {_type_name(t)} message")
             try:
                 msg = decode_message(data)
             except WireError as exc:
                 raise ProtocolViolation(str(exc)) from None
-            fd = fds.pop() if fds else None
-            self._pending_fd = fd  # a handler that keeps it sets this to None
-            return self._handle(msg, fd)
         except ProtocolViolation as exc:
-            if self._pending_fd is not None:
-                fds.append(self._pending_fd)
             close_fds(fds)
             return self._fail(exc.reason)
+        incoming = IncomingFd(fds.pop() if fds else None)
+        try:
+            return self._step(msg, incoming)
+        except ProtocolViolation as exc:
+            incoming.close()  # before the teardown's DISCONNECT, as the fds above
+            return self._fail(exc.reason)
         finally:
-            self._pending_fd = None
+            incoming.close()
 
     def eof(self) -> list[Output]:
         """The peer closed the socket (or it failed): same as an empty DISCONNECT."""
@@ -197,10 +397,39 @@ class _Machine:
             return []
         return self._fail(reason, by_peer=False)
 
-    # -- helpers -----------------------------------------------------------------
-    def _handle(self, msg: object, fd: int | None) -> list[Output]:
-        raise NotImplementedError
+    # -- the table -----------------------------------------------------------------
+    def _step(self, msg: Message, fd: IncomingFd) -> list[Output]:
+        """Rules 1 and 2: look the message up in this state's row, move, then handle it."""
+        if fd.present and msg.TYPE not in self._FD_TYPES:
+            raise ProtocolViolation("unexpected file descriptor")
+        next_state = self._table[self.state].get((RECEIVED, msg.TYPE))
+        if next_state is None:
+            raise _unexpected(msg)
+        self.state = next_state
+        return self._handlers[msg.TYPE](msg, fd)
 
+    def _send(self, data: bytes, t: MsgType, fd: int | None = None) -> SendMessage:
+        """Rule 3: a message of type ``t`` goes out (moving the state if the row says so)."""
+        next_state = self._table[self.state].get((SENT, t))
+        if next_state is not None:
+            self.state = next_state
+        return SendMessage(data, fd)
+
+    # -- ownership -------------------------------------------------------------------
+    def _hold(self, fd: int) -> int:
+        """Own an eventfd until the hand-over (an :meth:`IncomingFd.hand_over` owner)."""
+        self._held_fds.append(fd)
+        return fd
+
+    def _hand_over(self) -> list[Region]:
+        """Give the regions and held eventfds away (to the Session being built): the
+        machine owns nothing from here on.  Returns the regions."""
+        regions = self._regions
+        self._regions = []
+        self._held_fds = []
+        return regions
+
+    # -- helpers -----------------------------------------------------------------
     def _eof_reason(self) -> str:
         return "peer closed the connection"
 
@@ -210,12 +439,11 @@ class _Machine:
         return out
 
     def _teardown(self, reason: str, by_peer: bool) -> list[Output]:
-        self.closed = True
-        if not self.established:
-            for region in self._regions:
-                region.close()
-            close_fds(self._held_fds)
+        self.state = self._closed_state
+        for region in self._regions:
+            region.close()
         self._regions = []
+        close_fds(self._held_fds)
         return [Closed(reason, by_peer)]
 
 
@@ -226,10 +454,8 @@ def _type_name(t: int) -> str:
         return f"type 0x{t:x}"
 
 
-def _unexpected(msg: object) -> ProtocolViolation:
-    t = getattr(msg, "TYPE", None)
-    name = t.name if t is not None else repr(msg)
-    return ProtocolViolation(f"unexpected message {name}")
+def _unexpected(msg: Message) -> ProtocolViolation:
+    return ProtocolViolation(f"unexpected message {msg.TYPE.name}")
 
 
 # ----------------------------------------------------------------------------
@@ -314,22 +540,24 @@ class ServerConfig:
             raise ValueError(f"max_regions must be in 1..{MAX_REGION_INDEX + 1}")
 
 
-class ServerState(enum.Enum):
-    WAIT_INIT = "wait-init"
-    WAIT_CONFIG = "wait-config"
-    CONNECTED = "connected"
-    CLOSED = "closed"
+class ServerHandshake(_Machine[ServerState]):
+    """One accepted connection on a master socket (§5.6; :data:`SERVER_TRANSITIONS`)."""
 
-
-class ServerHandshake(_Machine):
-    """One accepted connection on a master socket (§5.6, server table)."""
+    _FD_TYPES = FD_MESSAGES
 
     def __init__(self, config: ServerConfig) -> None:
-        super().__init__()
+        super().__init__(SERVER_TRANSITIONS, ServerState.WAIT_INIT, ServerState.CONNECTED,
+                         ServerState.CLOSED)
+        self._handlers = {
+            MsgType.INIT: self._on_init,
+            MsgType.ADD_REGION: self._on_add_region,
+            MsgType.ADD_RING: self._on_add_ring,
+            MsgType.CONNECT: self._on_connect,
+            MsgType.ACK: self._on_ack,
+        }
         self.config = config
         self.layout = RingLayout.for_cache_line(64)  # the interface's own, from INIT on
         self._require_seal = True
-        self.state = ServerState.WAIT_INIT
         self.interface_id: int | None = None
         self.peer_name = b""
         self._if_name = b""
@@ -344,9 +572,9 @@ class ServerHandshake(_Machine):
         """Right after accept(): send HELLO."""
         # max_region stays the reference's 255 (its test vector, §14) even when max_regions is
         # lower: no client reads it (§5.2), and a refusal names the limit ("too many regions")
-        return [SendMessage(MsgHello(self.config.app_name, VERSION, VERSION, MAX_REGION_INDEX,
-                                     MAX_RING_INDEX, MAX_RING_INDEX,
-                                     MAX_LOG2_RING_SIZE).encode())]
+        hello = MsgHello(self.config.app_name, VERSION, VERSION, MAX_REGION_INDEX,
+                         MAX_RING_INDEX, MAX_RING_INDEX, MAX_LOG2_RING_SIZE)
+        return [self._send(hello.encode(), hello.TYPE)]
 
     def _charge(self, fds: int, nbytes: int = 0) -> None:
         """Take ``fds`` and ``nbytes`` from the socket's handshake budget, or refuse."""
@@ -363,28 +591,18 @@ class ServerHandshake(_Machine):
         self._charged_fds = self._charged_bytes = 0
 
     def _teardown(self, reason: str, by_peer: bool) -> list[Output]:
-        self.state = ServerState.CLOSED
         out = super()._teardown(reason, by_peer)
         self._uncharge()  # (after an Established hand-over there is nothing left to give)
         return out
 
-    def _handle(self, msg: object, fd: int | None) -> list[Output]:
-        if self.state is ServerState.CONNECTED:
-            if isinstance(msg, MsgAck):
-                return []
-            raise _unexpected(msg)
-        if isinstance(msg, MsgInit) and self.state is ServerState.WAIT_INIT:
-            return self._on_init(msg)
-        if self.state is ServerState.WAIT_CONFIG:
-            if isinstance(msg, MsgAddRegion):
-                return self._on_add_region(msg, fd)
-            if isinstance(msg, MsgAddRing):
-                return self._on_add_ring(msg, fd)
-            if isinstance(msg, MsgConnect):
-                return self._on_connect(msg)
-        raise _unexpected(msg)
+    def _ack(self) -> SendMessage:
+        return self._send(_ACK, MsgType.ACK)
 
-    def _on_init(self, msg: MsgInit) -> list[Output]:
+    # -- handlers (reached through SERVER_TRANSITIONS only) ----------------------------
+    def _on_ack(self, msg: MsgAck, fd: IncomingFd) -> list[Output]:
+        return []  # an ACK after CONNECT is ignored
+
+    def _on_init(self, msg: MsgInit, fd: IncomingFd) -> list[Output]:
         if msg.version != VERSION:
             raise ProtocolViolation("incompatible version")
         target = self.config.lookup(msg.id)
@@ -404,11 +622,10 @@ class ServerHandshake(_Machine):
         self.layout = RingLayout.for_cache_line(target.cache_line_size)
         self._require_seal = target.require_seal
         self.peer_name = msg.name
-        self.state = ServerState.WAIT_CONFIG
-        return [InitAccepted(msg.id, msg.name), SendMessage(MsgAck().encode())]
+        return [InitAccepted(msg.id, msg.name), self._ack()]
 
-    def _on_add_region(self, msg: MsgAddRegion, fd: int | None) -> list[Output]:
-        if fd is None:
+    def _on_add_region(self, msg: MsgAddRegion, fd: IncomingFd) -> list[Output]:
+        if not fd.present:
             raise ProtocolViolation("missing memory region fd")
         if msg.index != len(self._regions):
             raise ProtocolViolation("unexpected region index")
@@ -419,20 +636,20 @@ class ServerHandshake(_Machine):
         refusal = self.config.budget.refusal(REGION_FDS, msg.size)
         if refusal is not None:
             raise ProtocolViolation(refusal)
-        region = Region.map_peer(fd, msg.size, require_seal=self._require_seal)
-        self._pending_fd = None  # the region owns it now
+        # the region owns the fd once mapped (a refusal leaves it to receive(), which closes it)
+        region = fd.hand_over(lambda n: Region.map_peer(n, msg.size,
+                                                        require_seal=self._require_seal))
+        self._regions.append(region)  # owned by the machine until the hand-over
         self._charge(REGION_FDS, msg.size)  # cannot fail: checked above, nothing ran between
         self._total_size += msg.size
-        self._regions.append(region)
-        return [SendMessage(MsgAck().encode())]
+        return [self._ack()]
 
-    def _on_add_ring(self, msg: MsgAddRing, fd: int | None) -> list[Output]:
-        if fd is None:
+    def _on_add_ring(self, msg: MsgAddRing, fd: IncomingFd) -> list[Output]:
+        if not fd.present:
             raise ProtocolViolation("missing ring interrupt fd")
-        self._charge(1)  # refused: receive() closes the fd (still the pending one)
-        self._held_fds.append(fd)  # owned from here on; closed at teardown
-        self._pending_fd = None
-        check_peer_eventfd(fd)  # an eventfd, not a semaphore; made non-blocking
+        self._charge(1)  # refused: the fd is still the message's, and receive() closes it
+        efd = fd.hand_over(self._hold)  # held from here on; closed at teardown
+        check_peer_eventfd(efd)  # an eventfd, not a semaphore; made non-blocking
         if msg.private_hdr_size:
             raise ProtocolViolation("private headers not supported")
         rtype = msg.ring_type
@@ -447,10 +664,10 @@ class ServerHandshake(_Machine):
             if region == msg.region and start < e and s < end:
                 raise ProtocolViolation("ring overlaps another ring")
         self._spans.append((msg.region, start, end))
-        rings.append((msg, fd))
-        return [SendMessage(MsgAck().encode())]
+        rings.append((msg, efd))
+        return [self._ack()]
 
-    def _on_connect(self, msg: MsgConnect) -> list[Output]:
+    def _on_connect(self, msg: MsgConnect, fd: IncomingFd) -> list[Output]:
         s2m = self._rings[RingType.S2M]
         m2s = self._rings[RingType.M2S]
         if not s2m or not m2s:
@@ -485,15 +702,13 @@ class ServerHandshake(_Machine):
                 r.release()
             raise
         session = Session(
-            is_master=True, regions=self._regions, rx=list(rx), tx=list(tx),
-            rx_eventfds=[fd for _m, fd in s2m], tx_eventfds=[fd for _m, fd in m2s],
+            is_master=True, regions=self._hand_over(), rx=list(rx), tx=list(tx),
+            rx_eventfds=[efd for _m, efd in s2m], tx_eventfds=[efd for _m, efd in m2s],
             peer_name=self.peer_name, peer_if_name=msg.if_name,
             log2_ring_size=first.log2_ring_size, buffer_size=bsize, memory_config=memory)
-        self._held_fds = []
         self._uncharge()  # the link owns them now: no longer what an unconnected peer holds
-        self.established = True
-        self.state = ServerState.CONNECTED
-        return [Established(session), SendMessage(MsgConnected(self._if_name).encode())]
+        connected = MsgConnected(self._if_name)
+        return [Established(session), self._send(connected.encode(), connected.TYPE)]
 
 
 # ----------------------------------------------------------------------------
@@ -514,35 +729,29 @@ class ClientConfig:
     cache_line: int = 64
 
 
-class ClientState(enum.Enum):
-    WAIT_HELLO = "wait-hello"
-    WAIT_ACK = "wait-ack"
-    WAIT_CONNECTED = "wait-connected"
-    CONNECTED = "connected"
-    CLOSED = "closed"
-
-
-class ClientHandshake(_Machine):
-    """One connection attempt of a slave interface (§5.6, client table)."""
+class ClientHandshake(_Machine[ClientState]):
+    """One connection attempt of a slave interface (§5.6; :data:`CLIENT_TRANSITIONS`)."""
 
     def __init__(self, config: ClientConfig) -> None:
-        super().__init__()
+        super().__init__(CLIENT_TRANSITIONS, ClientState.WAIT_HELLO, ClientState.CONNECTED,
+                         ClientState.CLOSED)
+        self._handlers = {
+            MsgType.HELLO: self._on_hello,
+            MsgType.ACK: self._on_ack,
+            MsgType.CONNECTED: self._on_connected,
+        }
         self.config = config
         self.ring_layout = RingLayout.for_cache_line(config.cache_line)
-        self.state = ClientState.WAIT_HELLO
         self.peer_name = b""
         self.layout: ClientLayout | None = None
-        self._queue: list[SendMessage] = []
+        #: what is still to send, one message per ACK: (type, encoded message, fd)
+        self._queue: list[tuple[MsgType, bytes, int | None]] = []
         self._sent = 0  # queued messages sent so far (INIT is the first)
         self._s2m_fds: list[int] = []
         self._m2s_fds: list[int] = []
 
     def start(self) -> list[Output]:
         return []  # the server speaks first
-
-    def _teardown(self, reason: str, by_peer: bool) -> list[Output]:
-        self.state = ClientState.CLOSED
-        return super()._teardown(reason, by_peer)
 
     def _eof_reason(self) -> str:
         if self.state in (ClientState.WAIT_ACK, ClientState.WAIT_CONNECTED):
@@ -553,26 +762,14 @@ class ClientHandshake(_Machine):
             return "peer closed the connection during the handshake"
         return super()._eof_reason()
 
-    def _handle(self, msg: object, fd: int | None) -> list[Output]:
-        if fd is not None:  # receive() closes it (it is still the pending fd)
-            raise ProtocolViolation("unexpected file descriptor")
-        if self.state is ClientState.WAIT_HELLO and isinstance(msg, MsgHello):
-            return self._on_hello(msg)
-        if self.state is ClientState.WAIT_ACK and isinstance(msg, MsgAck):
-            return self._next()
-        if self.state is ClientState.WAIT_CONNECTED and isinstance(msg, MsgConnected):
-            return self._on_connected(msg)
-        if self.state is ClientState.CONNECTED and isinstance(msg, MsgAck):
-            return []
-        raise _unexpected(msg)
-
-    def _on_hello(self, msg: MsgHello) -> list[Output]:
+    # -- handlers (reached through CLIENT_TRANSITIONS only) ----------------------------
+    def _on_hello(self, msg: MsgHello, fd: IncomingFd) -> list[Output]:
         if not msg.min_version <= VERSION <= msg.max_version:
             raise ProtocolViolation("incompatible protocol version")
         cfg = self.config
         ns = min(cfg.num_queue_pairs, msg.max_s2m_ring + 1)
         nm = min(cfg.num_queue_pairs, msg.max_m2s_ring + 1)
-        log2 = min(cfg.log2_ring_size, msg.max_log2_ring_size, 15)
+        log2 = min(cfg.log2_ring_size, msg.max_log2_ring_size, MAX_USABLE_LOG2_RING_SIZE)
         if log2 < 1:
             raise ProtocolViolation(f"peer's maximum ring size (log2 {msg.max_log2_ring_size}) "
                                     "is too small")
@@ -588,31 +785,35 @@ class ClientHandshake(_Machine):
         layout.initialise(region)
         self.layout = layout
         q = self._queue
-        q.append(SendMessage(MsgInit(cfg.id, cfg.mode, cfg.secret, cfg.app_name).encode()))
-        q.append(SendMessage(MsgAddRegion(0, layout.region_size).encode(), region.fd))
+
+        def queue(m: Message, fd: int | None = None) -> None:
+            q.append((m.TYPE, m.encode(), fd))
+
+        queue(MsgInit(cfg.id, cfg.mode, cfg.secret, cfg.app_name))
+        queue(MsgAddRegion(0, layout.region_size), region.fd)
         for rtype, count, fds in ((RingType.S2M, ns, self._s2m_fds),
                                   (RingType.M2S, nm, self._m2s_fds)):
             for i in range(count):
-                efd = new_eventfd()
-                self._held_fds.append(efd)
+                efd = self._hold(new_eventfd())
                 fds.append(efd)
                 flags = MSG_ADD_RING_FLAG_S2M if rtype is RingType.S2M else 0
-                q.append(SendMessage(MsgAddRing(flags, i, 0, layout.ring_offset(rtype, i),
-                                                log2).encode(), efd))
-        q.append(SendMessage(MsgConnect(cfg.if_name).encode()))
-        self.state = ClientState.WAIT_ACK
+                queue(MsgAddRing(flags, i, 0, layout.ring_offset(rtype, i), log2), efd)
+        queue(MsgConnect(cfg.if_name))  # sending it moves us to WAIT_CONNECTED (rule 3)
+        return self._next()
+
+    def _on_ack(self, msg: MsgAck, fd: IncomingFd) -> list[Output]:
+        if self.state is ClientState.CONNECTED:
+            return []  # an ACK after CONNECTED is ignored
         return self._next()
 
     def _next(self) -> list[Output]:
-        if not self._queue:
-            raise ProtocolViolation("unexpected message ACK")
-        msg = self._queue.pop(0)
+        """Send the next queued message (the table ends the ACKs with CONNECT)."""
+        assert self._queue, "WAIT_ACK with nothing left to send"
+        t, data, fd = self._queue.pop(0)
         self._sent += 1
-        if msg.data[0] == MsgType.CONNECT:
-            self.state = ClientState.WAIT_CONNECTED
-        return [msg]
+        return [self._send(data, t, fd)]
 
-    def _on_connected(self, msg: MsgConnected) -> list[Output]:
+    def _on_connected(self, msg: MsgConnected, fd: IncomingFd) -> list[Output]:
         layout = self.layout
         assert layout is not None
         regions = self._regions
@@ -626,17 +827,15 @@ class ClientHandshake(_Machine):
                 ring = cls(regions, 0, layout.ring_offset(rtype, i), layout.log2_ring_size,
                            self.ring_layout, offsets, layout.buffer_size)
                 out.append(ring)  # type: ignore[arg-type]
+        memory = MemoryConfig(max(1, min(len(rx), len(tx))), layout.log2_ring_size,
+                              layout.buffer_size)
         session = Session(
-            is_master=False, regions=regions, rx=list(rx), tx=list(tx),
+            is_master=False, regions=self._hand_over(), rx=list(rx), tx=list(tx),
             rx_eventfds=list(self._m2s_fds), tx_eventfds=list(self._s2m_fds),
             peer_name=self.peer_name, peer_if_name=msg.if_name,
             log2_ring_size=layout.log2_ring_size, buffer_size=layout.buffer_size,
-            memory_config=MemoryConfig(max(1, min(len(rx), len(tx))), layout.log2_ring_size,
-                                       layout.buffer_size))
+            memory_config=memory)
         for ring in rx:
             ring.refill()  # our receive buffers go to the server only now (§7.9)
-        self._held_fds = []
-        self.established = True
-        self.state = ClientState.CONNECTED
         return [Established(session)]
 

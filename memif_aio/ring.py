@@ -37,6 +37,7 @@ from .wire import (
     DESC_OFFSET_OFF,
     DESC_REGION_OFF,
     DESC_SIZE,
+    MAX_LOG2_RING_SIZE,
     RING_FLAG_MASK_INT,
     U32,
     RingLayout,
@@ -82,8 +83,9 @@ def check_ring_geometry(regions: list[Region], region: int, offset: int, log2_ri
     """
     if region >= len(regions):
         raise ProtocolViolation(f"ring references unknown region {region}")
-    if log2_ring_size > 14:
-        raise ProtocolViolation(f"log2 ring size {log2_ring_size} above the advertised 14")
+    if log2_ring_size > MAX_LOG2_RING_SIZE:
+        raise ProtocolViolation(
+            f"log2 ring size {log2_ring_size} above the advertised {MAX_LOG2_RING_SIZE}")
     if offset % 8:
         raise ProtocolViolation(f"misaligned ring offset {offset}")
     end = offset + layout.ring_size(log2_ring_size)

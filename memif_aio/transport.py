@@ -26,6 +26,17 @@ ANCBUF = socket.CMSG_SPACE(4 * 4) + socket.CMSG_SPACE(12)
 _FDSIZE = array.array("i").itemsize
 
 
+def _received_fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds of every SCM_RIGHTS item of ``recvmsg``'s ancillary data (whole ints only:
+    a truncated item's partial last fd is not one)."""
+    fds: list[int] = []
+    for level, ctype, cdata in anc:
+        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+            usable = len(cdata) - len(cdata) % _FDSIZE
+            fds.extend(array.array("i", cdata[:usable]))
+    return fds
+
+
 class MessageProtocol(Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
 
@@ -93,10 +104,7 @@ class SeqpacketTransport(asyncio.Transport):
                 data, anc, _flags, _addr = self._sock.recvmsg(MSG_SIZE, ANCBUF)
             except OSError:
                 return
-            for level, ctype, cdata in anc:
-                if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-                    usable = len(cdata) - len(cdata) % _FDSIZE
-                    close_fds(list(array.array("i", cdata[:usable])))
+            close_fds(_received_fds(anc))
             if not data and not anc:
                 return
 
@@ -163,11 +171,7 @@ class SeqpacketTransport(asyncio.Transport):
             except OSError as exc:
                 log.debug("control channel receive failed: %s", exc)
                 data, anc, flags = b"", [], 0
-            fds: list[int] = []
-            for level, ctype, cdata in anc:
-                if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-                    usable = len(cdata) - len(cdata) % _FDSIZE
-                    fds.extend(array.array("i", cdata[:usable]))
+            fds = _received_fds(anc)
             truncated = bool(flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC))
             if not data and not truncated:
                 close_fds(fds)

@@ -20,6 +20,8 @@ from typing import ClassVar, Union
 
 import construct as cs
 
+from .errors import MemifError
+
 if sys.byteorder != "little":  # pragma: no cover - no big-endian CI machine
     raise ImportError("memif_aio supports little-endian hosts only (protocol reference §0.2)")
 
@@ -35,7 +37,12 @@ NAME_SIZE = 32
 SECRET_SIZE = 24
 REASON_SIZE = 96
 DESC_SIZE = 16
+#: the largest log2 ring size we advertise in HELLO and accept in ADD_RING (every
+#: implementation advertises 14, §5.2, §6.6)
 MAX_LOG2_RING_SIZE = 14
+#: the largest log2 ring size the u16 head/tail counters can tell apart from an empty ring
+#: (§6.6): a client clamps what it negotiates to it, whatever a server advertises
+MAX_USABLE_LOG2_RING_SIZE = 15
 MAX_REGION_INDEX = 255
 MAX_RING_INDEX = 255
 
@@ -191,9 +198,6 @@ DESC_REGION_OFF = _DESC_OFF["region"]
 DESC_LENGTH_OFF = _DESC_OFF["length"]
 DESC_OFFSET_OFF = _DESC_OFF["offset"]
 DESC_METADATA_OFF = _DESC_OFF["metadata"]
-#: (length, offset) pair read in one call: they are adjacent u32 fields.
-DESC_LEN_OFS_STRUCT = struct.Struct("<II")
-assert DESC_OFFSET_OFF == DESC_LENGTH_OFF + 4
 #: (flags, region, length, offset) in one call.
 DESC_HEAD_STRUCT = struct.Struct(struct_format(DESCRIPTOR)[:-1])
 U16 = struct.Struct("<H")
@@ -248,8 +252,8 @@ def to_text(raw: bytes) -> str:
 # --------------------------------------------------------------------------
 # Message classes
 # --------------------------------------------------------------------------
-class WireError(ValueError):
-    """A control message could not be decoded."""
+class WireError(MemifError, ValueError):
+    """A control message could not be decoded (a :class:`ValueError` too, as it always was)."""
 
 
 @dataclass(frozen=True)

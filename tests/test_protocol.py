@@ -24,6 +24,10 @@ from leaks import memfd_mappings, open_fds
 from memif_aio.errors import ProtocolViolation
 from memif_aio.memory import ClientLayout, Region
 from memif_aio.protocol import (
+    CLIENT_TRANSITIONS,
+    RECEIVED,
+    SENT,
+    SERVER_TRANSITIONS,
     ClientConfig,
     ClientHandshake,
     ClientState,
@@ -36,9 +40,11 @@ from memif_aio.protocol import (
     ServerState,
     ServerTarget,
     Session,
+    Way,
 )
 from memif_aio.ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer
 from memif_aio.wire import (
+    MAX_USABLE_LOG2_RING_SIZE,
     MsgAck,
     MsgAddRegion,
     MsgAddRing,
@@ -1368,3 +1374,116 @@ def test_violation_raised_by_handlers_is_a_protocol_violation() -> None:
         srv.receive(b"")
     except ProtocolViolation:  # pragma: no cover - would be the bug
         pytest.fail("receive() raised instead of returning outputs")
+
+
+# ---------------------------------------------------------------------------
+# The transition tables are the machines
+# ---------------------------------------------------------------------------
+
+#: one message of every type a peer may send in the handshake (DISCONNECT is rule 4)
+SAMPLES: dict[MsgType, bytes] = {
+    MsgType.ACK: ACK, MsgType.HELLO: MsgHello().encode(), MsgType.INIT: MsgInit(id=0).encode(),
+    MsgType.ADD_REGION: MsgAddRegion(0, 4096).encode(),
+    MsgType.ADD_RING: MsgAddRing(1, 0, 0, 0, 4).encode(),
+    MsgType.CONNECT: MsgConnect(b"c").encode(), MsgType.CONNECTED: MsgConnected(b"s").encode(),
+}
+
+
+def test_tables_name_every_state_and_closed_is_final() -> None:
+    assert set(SERVER_TRANSITIONS) == set(ServerState)
+    assert set(CLIENT_TRANSITIONS) == set(ClientState)
+    assert SERVER_TRANSITIONS[ServerState.CLOSED] == {}
+    assert CLIENT_TRANSITIONS[ClientState.CLOSED] == {}
+    for table in (SERVER_TRANSITIONS, CLIENT_TRANSITIONS):
+        for row in table.values():
+            assert all(isinstance(way, Way) and t is not MsgType.DISCONNECT for way, t in row)
+
+
+def server_in(state: ServerState, p: Peer) -> tuple[ServerHandshake, list[Session]]:
+    srv = make_server()
+    sessions: list[Session] = []
+    srv.start()
+    if state is not ServerState.WAIT_INIT:
+        p.up_to_config(srv)
+    if state is ServerState.CONNECTED:
+        p.feed_all_rings(srv)
+        outs = srv.receive(MsgConnect(b"p").encode())
+        sessions = [o.session for o in outs if isinstance(o, Established)]
+    assert srv.state is state
+    return srv, sessions
+
+
+def client_in(state: ClientState) -> tuple[ClientHandshake, list[Session]]:
+    if state is ClientState.CONNECTED:
+        srv, cli = make_server(), ClientHandshake(ClientConfig(id=0, log2_ring_size=3))
+        tr = pump(srv, cli)
+        return cli, [tr.session("s"), tr.session("c")]
+    cli = ClientHandshake(ClientConfig(id=0, log2_ring_size=3))
+    if state is not ClientState.WAIT_HELLO:
+        cli.receive(MsgHello().encode())  # INIT sent
+    if state is ClientState.WAIT_CONNECTED:
+        for _ in range(4):  # ADD_REGION, ADD_RING x2, CONNECT
+            cli.receive(ACK)
+    assert cli.state is state
+    return cli, []
+
+
+@pytest.mark.parametrize("state", list(ServerState)[:-1], ids=lambda s: s.name)
+@pytest.mark.parametrize("t", list(SAMPLES), ids=lambda t: t.name)
+def test_server_accepts_exactly_what_its_table_lists(state: ServerState, t: MsgType) -> None:
+    """Rule 1: a message is refused as unexpected iff its state's row has no entry for it."""
+    with Peer() as p:
+        srv, sessions = server_in(state, p)
+        try:
+            outs = srv.receive(SAMPLES[t])
+            sessions += [o.session for o in outs if isinstance(o, Established)]
+            unexpected = [o for o in outs if isinstance(o, Closed)
+                          and o.reason == f"unexpected message {t.name}"]
+            listed = (RECEIVED, t) in SERVER_TRANSITIONS[state]
+            assert bool(unexpected) is not listed, outs
+            if listed and not any(isinstance(o, Closed) for o in outs):
+                assert srv.state is SERVER_TRANSITIONS[state][(RECEIVED, t)]
+        finally:
+            srv.close("end")
+            for s in sessions:
+                s.close()
+
+
+@pytest.mark.parametrize("state", list(ClientState)[:-1], ids=lambda s: s.name)
+@pytest.mark.parametrize("t", list(SAMPLES), ids=lambda t: t.name)
+def test_client_accepts_exactly_what_its_table_lists(state: ClientState, t: MsgType) -> None:
+    cli, sessions = client_in(state)
+    try:
+        outs = cli.receive(SAMPLES[t])
+        sessions += [o.session for o in outs if isinstance(o, Established)]
+        unexpected = [o for o in outs if isinstance(o, Closed)
+                      and o.reason == f"unexpected message {t.name}"]
+        listed = (RECEIVED, t) in CLIENT_TRANSITIONS[state]
+        assert bool(unexpected) is not listed, outs
+        if listed:
+            assert not any(isinstance(o, Closed) for o in outs), outs
+    finally:
+        cli.close("end")
+        for s in sessions:
+            s.close()
+
+
+def test_client_moves_to_wait_connected_when_it_sends_connect() -> None:
+    """Rule 3: the one transition a send makes, taken when CONNECT goes out."""
+    assert CLIENT_TRANSITIONS[ClientState.WAIT_ACK][(SENT, MsgType.CONNECT)] \
+        is ClientState.WAIT_CONNECTED
+    cli = ClientHandshake(ClientConfig(id=0, log2_ring_size=3))
+    cli.receive(MsgHello().encode())
+    sent = [decode_message(cli.receive(ACK)[0].data).TYPE  # type: ignore[union-attr]
+            for _ in range(4)]
+    assert sent == [MsgType.ADD_REGION, MsgType.ADD_RING, MsgType.ADD_RING, MsgType.CONNECT]
+    assert cli.state is ClientState.WAIT_CONNECTED
+    cli.close("end")
+
+
+def test_client_clamps_log2_to_the_counters_limit() -> None:
+    """A server advertising more than the u16 counters allow gets rings of log2 15 at most."""
+    cli = ClientHandshake(ClientConfig(id=0, log2_ring_size=16, buffer_size=64))
+    cli.receive(MsgHello(max_log2_ring_size=255).encode())
+    assert cli.layout is not None and cli.layout.log2_ring_size == MAX_USABLE_LOG2_RING_SIZE
+    cli.close("end")

@@ -584,6 +584,21 @@ def test_wire_error_is_value_error() -> None:
     assert issubclass(WireError, ValueError)
 
 
+def test_wire_error_is_a_memif_error_exported_from_the_package() -> None:
+    import memif_aio
+
+    assert memif_aio.WireError is WireError and "WireError" in memif_aio.__all__
+    with pytest.raises(memif_aio.MemifError, match="unknown message type"):
+        decode_message(bytes([0x09]).ljust(MSG_SIZE, b"\0"))
+
+
+def test_named_ring_size_limits() -> None:
+    """The advertised limit (every implementation's 14) and the u16 counters' own (15, §6.6)."""
+    assert wire.MAX_LOG2_RING_SIZE == 14 and MsgHello().max_log2_ring_size == 14
+    assert wire.MAX_USABLE_LOG2_RING_SIZE == 15
+    assert 1 << wire.MAX_USABLE_LOG2_RING_SIZE < 1 << 16  # a full ring differs from an empty one
+
+
 def test_unused_bytes_ignored_on_decode() -> None:
     """§4.11: garbage in the unused tail of a message is ignored."""
     for msg, _ in VECTORS.values():
