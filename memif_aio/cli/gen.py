@@ -23,7 +23,6 @@ import struct
 import sys
 from collections.abc import Iterator
 
-from ..packet import ETH_P_IPV4, checksum, ethernet, ipv4
 from .common import (
     EXIT_FAILED,
     Tool,
@@ -36,6 +35,7 @@ from .common import (
     positive_float,
     run,
 )
+from .packet import ETH_P_IPV4, checksum, ethernet, ipv4
 from .traffic import Item, Sender, add_sender_options, send
 
 IPPROTO_UDP = 17
