@@ -2,7 +2,7 @@
 
 It reads the status endpoints (``<socket>.ctl``, ``<socket>.<pid>.ctl``) that
 every ``memif-aio`` command running an interface serves (see
-:mod:`memif_aio.status`) and prints them like VPP's ``show memif``.  Only
+:mod:`memif_aio.cli.status`) and prints them like VPP's ``show memif``.  Only
 memif-aio processes serve that endpoint: VPP, DPDK or libmemif peers on the same
 socket are not shown (ask them: ``vppctl show memif``).
 """
