@@ -23,7 +23,7 @@ from typing import Sequence
 
 from .. import VERSION_MAJOR, VERSION_MINOR, __version__
 from . import TOOLS
-from .common import apply_environment
+from .common import apply_environment, int_range
 from .common import positive_float as _positive_float
 
 
@@ -44,22 +44,12 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _queues(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= v <= 256:
-        raise argparse.ArgumentTypeError("queue pairs must be in 1..256")
-    return v
-
-
 def _traffic_options(p: argparse.ArgumentParser) -> None:
     from .demo import DEFAULT_SIZES, FAULTS
 
     p.add_argument("--duration", type=_positive_float, default=3.0, metavar="SECONDS",
                    help="how long each side sends (default: %(default)s)")
-    p.add_argument("--queues", type=_queues, default=1, metavar="N",
+    p.add_argument("--queues", type=int_range(1, 256), default=1, metavar="N",
                    help="queue pairs, each carrying traffic both ways (default: %(default)s)")
     p.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, metavar="N,N,...",
                    help="packet sizes in bytes, mixed pseudo-randomly; sizes above the "
