@@ -378,7 +378,10 @@ def test_ping_connection_errors_exit_2(sock_dir: str, tools: list[Tool]) -> None
             "0.3")
     assert r.returncode == 2
     assert f"no slave connected to {path} (id 0) within 0.3 s" in r.stderr
-    resp = start_responder(tools, sock_dir, "master", "--secret", "s3cret", "--id", "4")
+    # --timeout 0: the responder waits for its first slave without a limit; the refused
+    # pings below give it none, and on a loaded machine they take longer than its default 10 s
+    resp = start_responder(tools, sock_dir, "master", "--secret", "s3cret", "--id", "4",
+                           "--timeout", "0")
     # refused by the peer: its DISCONNECT reason is printed, at once (no waiting --timeout)
     for extra, reason in ((["--id", "4", "--secret", "wrong"], "incorrect secret"),
                           (["--id", "4"], "secret required"),
@@ -414,7 +417,7 @@ def test_socket_and_secret_from_the_environment(sock_dir: str, tools: list[Tool]
     $MEMIF_SOCKET with $MEMIF_SECRET; a wrong $MEMIF_SECRET is refused at once (the peer's
     reason); --secret beats the environment."""
     path = os.path.join(sock_dir, "memif.sock")
-    resp = start_responder(tools, sock_dir, "master", "--secret", "s3cret")
+    resp = start_responder(tools, sock_dir, "master", "--secret", "s3cret", "--timeout", "0")
 
     def ping(secret: str, *extra: str) -> subprocess.CompletedProcess[str]:
         e = dict(env(), MEMIF_SOCKET=path, MEMIF_SECRET=secret)
