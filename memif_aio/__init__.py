@@ -9,8 +9,8 @@ The public surface follows gomemif in Python style::
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
-from .capture import Capture, PcapWriter
 from .config import (
     DEFAULT_LOG2_RING_SIZE,
     DEFAULT_NUM_QUEUE_PAIRS,
@@ -34,8 +34,8 @@ from .errors import (
 from .events import LinkEvent, Subscription
 from .interface import Interface, InterfaceStats
 from .queue import Queue, QueueStats, Reservation, RxQueue, TxQueue
+from .serving import serve
 from .socket import PeerCredentials, Socket
-from .status import format_show
 from .wire import (
     VERSION,
     VERSION_MAJOR,
@@ -58,6 +58,32 @@ __version__ = "0.1.0"
 
 # a library adds no output of its own: the application configures logging
 logging.getLogger("memif_aio").addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:
+    from .capture import Capture, PcapWriter
+    from .cli.status import format_show
+
+#: names imported on first use: ``import memif_aio`` loads the library only
+_LAZY = {
+    "Capture": ".capture",
+    "PcapWriter": ".capture",
+    "format_show": ".cli.status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memif_aio' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "DEFAULT_LOG2_RING_SIZE",
@@ -105,4 +131,5 @@ __all__ = [
     "decode_message",
     "format_show",
     "role_to_string",
+    "serve",
 ]

@@ -7,6 +7,7 @@ directory, whatever way it ended.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import os
 import re
@@ -295,12 +296,20 @@ def test_version(sock_dir: str) -> None:
 
 
 def test_console_script_points_at_main() -> None:
-    from memif_aio.__main__ import main
+    """pyproject.toml names memif_aio.cli.main:main; ``python -m memif_aio`` (the shim) and
+    the installed script (even one installed before the move) run that same function."""
+    import tomllib
 
+    from memif_aio.__main__ import main as shim_main
+    from memif_aio.cli.main import main
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts == {"memif-aio": "memif_aio.cli.main:main"}
+    assert shim_main is main
     eps = [ep for ep in importlib.metadata.entry_points(group="console_scripts")
            if ep.name == "memif-aio"]
     assert len(eps) == 1
-    assert eps[0].value == "memif_aio.__main__:main"
     assert eps[0].load() is main
 
 
@@ -313,3 +322,95 @@ def test_watchdog_ends_a_stuck_run(sock_dir: str) -> None:
     assert "FAILED: watchdog: the demo did not finish within 6 s" in r.stdout
     assert wait_gone(slave_pid_of(r.stdout), 2)
     assert not os.path.exists(socket_dir_of(r.stdout))
+
+
+# --- issue 11 §1: the package boundary -----------------------------------------------------
+
+
+def test_import_memif_aio_loads_the_library_only(sock_dir: str) -> None:
+    """``import memif_aio`` imports neither capture, the status endpoint, the applications
+    (memif_aio.cli) nor the test drivers (memif_aio.testing); the names the docs show from
+    memif_aio (Capture, PcapWriter, format_show) still import, on first use."""
+    code = ("import sys, memif_aio\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('memif_aio'))))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=30, env=env_for(sock_dir), cwd=sock_dir)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert {"memif_aio", "memif_aio.interface", "memif_aio.socket", "memif_aio.serving"} <= \
+        loaded, loaded
+    forbidden = ("memif_aio.capture", "memif_aio.status", "memif_aio.cli", "memif_aio.testing",
+                 "memif_aio.testpmd")
+    bad = sorted(m for m in loaded for f in forbidden if m == f or m.startswith(f + "."))
+    assert not bad, f"import memif_aio loaded {bad}"
+
+    code = ("import sys, memif_aio\n"
+            "from memif_aio import Capture, PcapWriter, format_show\n"
+            "import memif_aio.capture as c, memif_aio.cli.status as s\n"
+            "assert (Capture, PcapWriter, format_show) == (c.Capture, c.PcapWriter, "
+            "s.format_show)\n"
+            "assert {'Capture', 'PcapWriter', 'format_show', 'serve'} <= set(dir(memif_aio))\n"
+            "assert set(memif_aio.__all__) <= set(dir(memif_aio))\n"
+            "try:\n"
+            "    memif_aio.no_such_name\n"
+            "except AttributeError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=30, env=env_for(sock_dir), cwd=sock_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "module 'memif_aio' has no attribute 'no_such_name'"
+
+
+# --- issue 12 §7: MEMIF_SOCKET and MEMIF_SECRET -------------------------------------------
+
+
+def test_environment_fills_socket_and_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --socket / --secret the CLI takes $MEMIF_SOCKET / $MEMIF_SECRET (the Contiv
+    convention), else the defaults; the flags win; an empty variable counts as unset."""
+    from memif_aio.cli.common import apply_environment, build_arguments
+    from memif_aio.cli.main import build_parser
+
+    def parse(*argv: str) -> argparse.Namespace:
+        ns = build_parser().parse_args(argv)
+        apply_environment(ns)
+        return ns
+
+    commands = (["responder"], ["ping"], ["bench", "tx"], ["capture", "-w", "x.pcap"],
+                ["replay", "x.pcap"], ["gen"])
+    monkeypatch.delenv("MEMIF_SOCKET", raising=False)
+    monkeypatch.delenv("MEMIF_SECRET", raising=False)
+    for argv in commands:
+        ns = parse(*argv)
+        assert (ns.socket, ns.secret) == ("/run/vpp/memif.sock", ""), argv
+    assert parse("show").socket == "/run/vpp/memif.sock"
+
+    monkeypatch.setenv("MEMIF_SOCKET", "@vpp/memif-eth0")
+    monkeypatch.setenv("MEMIF_SECRET", "s3cret")
+    for argv in commands:
+        ns = parse(*argv)
+        assert (ns.socket, ns.secret) == ("@vpp/memif-eth0", "s3cret"), argv
+        assert build_arguments(ns).secret == b"s3cret"
+        ns = parse(*argv, "--socket", "/tmp/flag.sock", "--secret", "flag")
+        assert (ns.socket, ns.secret) == ("/tmp/flag.sock", "flag"), argv
+        ns = parse(*argv, "--secret", "")  # an explicit empty secret is no secret
+        assert ns.secret == "", argv
+    assert parse("show").socket == "@vpp/memif-eth0"
+    assert parse("show", "--socket", "/tmp/flag.sock").socket == "/tmp/flag.sock"
+
+    monkeypatch.setenv("MEMIF_SOCKET", "")
+    monkeypatch.setenv("MEMIF_SECRET", "")
+    ns = parse("ping")
+    assert (ns.socket, ns.secret) == ("/run/vpp/memif.sock", "")
+
+
+def test_help_names_the_environment_and_never_shows_the_secret(sock_dir: str) -> None:
+    env = dict(env_for(sock_dir), MEMIF_SOCKET="/tmp/from-env.sock", MEMIF_SECRET="topsecret")
+    for command in ("responder", "ping", "bench", "capture", "replay", "gen", "show"):
+        r = subprocess.run([sys.executable, "-m", "memif_aio", command, "--help"],
+                           capture_output=True, text=True, timeout=30, env=env, cwd=sock_dir)
+        assert r.returncode == 0, r.stderr
+        text = " ".join(r.stdout.split())
+        assert "default: $MEMIF_SOCKET if set, else /run/vpp/memif.sock" in text, command
+        if command != "show":
+            assert "default: $MEMIF_SECRET if set, else none" in text, command
+        assert "topsecret" not in r.stdout, command

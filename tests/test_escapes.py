@@ -33,7 +33,7 @@ from memif_aio import (
     Socket,
 )
 from memif_aio._text import printable
-from memif_aio.status import StatusEndpoint, format_show
+from memif_aio.cli.status import StatusEndpoint, format_show
 from memif_aio.wire import MsgConnect, MsgHello, MsgInit, MsgType
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

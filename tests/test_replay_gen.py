@@ -27,11 +27,11 @@ import test_tools as tt  # the tools harness (processes, pcap reading, the testp
 from test_tools import Tool, env, finish, read_pcap, run, start, tool_async, wait_path
 
 from memif_aio import Arguments, Socket
-from memif_aio import packet as pk
+from memif_aio.cli import packet as pk
+from memif_aio.cli.gen import IMIX, Flows
+from memif_aio.cli.replay import flow_queue, scan, schedule
+from memif_aio.cli.traffic import Pacer
 from memif_aio.testpmd import TestPmd
-from memif_aio.tools.gen import IMIX, Flows
-from memif_aio.tools.replay import flow_queue, scan, schedule
-from memif_aio.tools.traffic import Pacer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -250,7 +250,7 @@ def test_replay_refuses_bad_files(sock_dir: str) -> None:
     r = run(sock_dir, "replay", src, "--socket", path, "--timeout", "0.3")
     assert r.returncode == 2 and "could not connect" in r.stderr, r.stderr
     # without dpkt (the pcap extra): a message that says what to install
-    code = ("import sys; sys.modules['dpkt'] = None; from memif_aio.__main__ import main; "
+    code = ("import sys; sys.modules['dpkt'] = None; from memif_aio.cli.main import main; "
             f"sys.exit(main(['replay', {src!r}, '--socket', {path!r}, '--timeout', '0.3']))")
     r = subprocess.run([sys.executable, "-c", code], cwd=sock_dir, env=env(),
                        capture_output=True, text=True, timeout=30)

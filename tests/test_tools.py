@@ -1,5 +1,5 @@
 """The ``memif-aio`` tools: responder, ping, bench, capture, show; and their library side
-(:mod:`memif_aio.packet`, :mod:`memif_aio.capture`, :mod:`memif_aio.status`).
+(:mod:`memif_aio.cli.packet`, :mod:`memif_aio.capture`, :mod:`memif_aio.cli.status`).
 
 Every tool runs as ``python -m memif_aio ...`` in a subprocess, against another tool
 (both roles), against a peer in this process, or against DPDK ``dpdk-testpmd``
@@ -30,9 +30,9 @@ import dpkt
 import pytest
 
 from memif_aio import Arguments, Socket
-from memif_aio import packet as pk
 from memif_aio.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, Capture, PcapWriter, capture
-from memif_aio.status import StatusEndpoint, find_endpoints, format_show, query_status
+from memif_aio.cli import packet as pk
+from memif_aio.cli.status import StatusEndpoint, find_endpoints, format_show, query_status
 from memif_aio.testpmd import TestPmd, find_testpmd
 from memif_aio.testpmd import kill_all as kill_all_testpmd
 from memif_aio.wire import InterfaceMode
@@ -378,7 +378,10 @@ def test_ping_connection_errors_exit_2(sock_dir: str, tools: list[Tool]) -> None
             "0.3")
     assert r.returncode == 2
     assert f"no slave connected to {path} (id 0) within 0.3 s" in r.stderr
-    resp = start_responder(tools, sock_dir, "master", "--secret", "s3cret", "--id", "4")
+    # --timeout 0: the responder waits for its first slave without a limit; the refused
+    # pings below give it none, and on a loaded machine they take longer than its default 10 s
+    resp = start_responder(tools, sock_dir, "master", "--secret", "s3cret", "--id", "4",
+                           "--timeout", "0")
     # refused by the peer: its DISCONNECT reason is printed, at once (no waiting --timeout)
     for extra, reason in ((["--id", "4", "--secret", "wrong"], "incorrect secret"),
                           (["--id", "4"], "secret required"),
@@ -407,6 +410,35 @@ def test_ping_connection_errors_exit_2(sock_dir: str, tools: list[Tool]) -> None
         r = run(sock_dir, *bad, "--socket", path, "--timeout", "0.2")
         assert r.returncode == 2, (bad, r.stdout, r.stderr)
         assert r.stderr.strip(), bad
+
+
+def test_socket_and_secret_from_the_environment(sock_dir: str, tools: list[Tool]) -> None:
+    """A ping with neither --socket nor --secret reaches the responder through
+    $MEMIF_SOCKET with $MEMIF_SECRET; a wrong $MEMIF_SECRET is refused at once (the peer's
+    reason); --secret beats the environment."""
+    path = os.path.join(sock_dir, "memif.sock")
+    resp = start_responder(tools, sock_dir, "master", "--secret", "s3cret", "--timeout", "0")
+
+    def ping(secret: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        e = dict(env(), MEMIF_SOCKET=path, MEMIF_SECRET=secret)
+        return subprocess.run([sys.executable, "-m", "memif_aio", "ping", "-c", "1",
+                               "--timeout", "20", *extra], cwd=sock_dir, env=e,
+                              capture_output=True, text=True, timeout=40,
+                              stdin=subprocess.DEVNULL)
+
+    r = ping("s3cret")
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_ping_output(r.stdout, 1)
+    r = ping("wrong")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        "memif-aio ping: connection refused: incorrect secret", r.stderr
+    r = ping("wrong", "--secret", "s3cret")
+    assert r.returncode == 0, r.stdout + r.stderr
+    resp.signal()
+    rc, out, _ = resp.finish()
+    # both links were served (the refused attempt never got one)
+    assert rc == 0 and "answered 2 ARP and 2 echo requests" in out, out
 
 
 def test_ping_link_down_mid_run_exit_1(sock_dir: str, tools: list[Tool]) -> None:

@@ -2,7 +2,7 @@
 
 It reads the status endpoints (``<socket>.ctl``, ``<socket>.<pid>.ctl``) that
 every ``memif-aio`` command running an interface serves (see
-:mod:`memif_aio.status`) and prints them like VPP's ``show memif``.  Only
+:mod:`memif_aio.cli.status`) and prints them like VPP's ``show memif``.  Only
 memif-aio processes serve that endpoint: VPP, DPDK or libmemif peers on the same
 socket are not shown (ask them: ``vppctl show memif``).
 """
@@ -14,8 +14,8 @@ import json
 import sys
 
 from .._text import printable
-from ..status import find_endpoints, format_show, query_status
-from .common import EXIT_OK, EXIT_USAGE, positive_float
+from .common import EXIT_OK, EXIT_USAGE, add_socket_option, positive_float
+from .status import find_endpoints, format_show, query_status
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,8 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "it only sees memif-aio processes, not VPP, DPDK or libmemif.",
         epilog="Exit status: 0 at least one process answered; 2 bad arguments, or no "
                "memif-aio process answered for that socket.")
-    p.add_argument("--socket", default="/run/vpp/memif.sock", metavar="PATH",
-                   help="memif socket path or @abstract name (default: %(default)s)")
+    add_socket_option(p, "memif socket path or @abstract name")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of the processes' status documents")
     p.add_argument("--timeout", type=positive_float, default=2.0, metavar="SECONDS",

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..errors import Disconnected, MemifError
-from ..packet import ethernet, ipv4, parse_ip
 from ..queue import RxQueue, TxQueue
 from .common import (
     EXIT_FAILED,
@@ -41,6 +40,7 @@ from .common import (
     positive_float,
     run,
 )
+from .packet import ethernet, ipv4, parse_ip
 
 MAGIC = b"MAIO"
 HDR = struct.Struct("!4sHQ")  #: magic, queue id, sequence number
@@ -153,7 +153,8 @@ class Bench:
                     if delay > 0:
                         await asyncio.sleep(delay)
                         continue
-                await asyncio.sleep(0)  # let the loop breathe (progress, signals, reads)
+                if ns.drop:  # write_burst_nowait never yields to the loop
+                    await asyncio.sleep(0)
         except Disconnected:
             return
 
@@ -180,7 +181,6 @@ class Bench:
                             continue
                     expected[q] = seq + 1
                 self._count(len(pkts), sum(map(len, pkts)))
-                await asyncio.sleep(0)  # read_burst does not yield while packets wait
         except Disconnected:
             return
 
@@ -196,7 +196,6 @@ class Bench:
                 while sent < len(pkts):
                     sent += await tx.write_burst(pkts[sent:])
                 self._count(len(pkts), sum(map(len, pkts)))
-                await asyncio.sleep(0)
         except Disconnected:
             return
 

@@ -46,14 +46,15 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
-from ._text import printable
-from .config import Arguments, MemoryConfig
-from .errors import Disconnected, MemifError
-from .interface import Interface
-from .queue import RxQueue, TxQueue
-from .socket import Socket
+from .._text import printable
+from ..config import Arguments, MemoryConfig
+from ..errors import Disconnected, MemifError
+from ..interface import Interface
+from ..queue import RxQueue, TxQueue
+from ..socket import Socket
+from .common import fmt_rate, run_loop
 
 T = TypeVar("T")
 
@@ -304,16 +305,6 @@ def _set_parent_death_signal(sig: int) -> None:
         pass
 
 
-def _run(coro: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if use_uvloop:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
-
-
 async def _connect_stdin() -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -329,7 +320,7 @@ def peer_main(ns: argparse.Namespace) -> int:
         return 2  # the parent died before we could watch it
     orphaned = False
     try:
-        return _run(_peer(ns), ns.uvloop)
+        return run_loop(_peer(ns), ns.uvloop)
     except (KeyboardInterrupt, asyncio.CancelledError):
         orphaned = True  # SIGTERM (the parent's death signal) or EOF on stdin
         return 1
@@ -434,13 +425,6 @@ def _stop_child(proc: subprocess.Popen[bytes], grace: float) -> None:
             proc.stdout.close()
 
 
-def _fmt_rate(value: float, unit: str) -> str:
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.2f} {prefix}{unit}"
-    return f"{value:.0f} {unit}"
-
-
 @dataclass
 class DirectionReport:
     direction: int
@@ -478,7 +462,7 @@ class DirectionReport:
         t = self.elapsed or 1e-9
         status = "verified" if self.ok else "FAILED"
         return (f"  {DIRECTION_NAMES[self.direction]}: {self.packets} packets, "
-                f"{_fmt_rate(self.packets / t, 'pkt/s')}, {_fmt_rate(self.octets * 8 / t, 'bit/s')}"
+                f"{fmt_rate(self.packets / t, 'pkt/s')}, {fmt_rate(self.octets * 8 / t, 'bit/s')}"
                 f" ({self.octets} bytes in {self.elapsed:.2f} s) {status}")
 
 
@@ -502,7 +486,7 @@ def demo_main(ns: argparse.Namespace) -> int:
     dog.daemon = True
     dog.start()
     try:
-        return _run(_demo(ns, cleanup, timeout), ns.uvloop)
+        return run_loop(_demo(ns, cleanup, timeout), ns.uvloop)
     except KeyboardInterrupt:
         print("FAILED: interrupted", flush=True)
         return 130

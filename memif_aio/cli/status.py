@@ -36,9 +36,9 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
-from ._text import printable
-from .interface import Interface
-from .wire import VERSION_MAJOR, VERSION_MINOR
+from .._text import printable
+from ..interface import Interface
+from ..wire import VERSION_MAJOR, VERSION_MINOR
 
 __all__ = [
     "StatusEndpoint",
@@ -73,7 +73,7 @@ def interface_status(itf: Interface) -> dict[str, Any]:
 
 def process_status(interfaces: Iterable[Interface], app: str = "") -> dict[str, Any]:
     """The document a status endpoint serves: this process and its interfaces."""
-    from . import __version__
+    from .. import __version__
 
     return {"pid": os.getpid(), "app": app, "version": __version__,
             "protocol": f"{VERSION_MAJOR}.{VERSION_MINOR}",

@@ -18,7 +18,19 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import Disconnected, MemifError
-from ..packet import (
+from ..queue import RxQueue, TxQueue
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Tool,
+    add_interface_options,
+    int_range,
+    ip_arg,
+    mac_arg,
+    positive_float,
+    run,
+)
+from .packet import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_P_ARP,
@@ -34,18 +46,6 @@ from ..packet import (
     parse_icmp,
     parse_ipv4,
     respond,
-)
-from ..queue import RxQueue, TxQueue
-from .common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Tool,
-    add_interface_options,
-    int_range,
-    ip_arg,
-    mac_arg,
-    positive_float,
-    run,
 )
 
 DEFAULT_IP = "192.168.1.2"
@@ -95,7 +95,6 @@ class Pinger:
             while True:
                 for p in await rx.read_burst(64):
                     self.on_packet(p, time.perf_counter())
-                await asyncio.sleep(0)  # read_burst does not yield while packets wait
         except Disconnected:
             return
 

@@ -76,7 +76,6 @@ async def _sink(rx: RxQueue, _tx: TxQueue) -> None:
     try:
         while True:
             await rx.read_burst(64)
-            await asyncio.sleep(0)  # read_burst does not yield while packets are waiting
     except Disconnected:
         return
 
@@ -88,7 +87,6 @@ async def _echo(rx: RxQueue, tx: TxQueue) -> None:
             sent = 0  # write_burst may publish fewer than asked
             while sent < len(pkts):
                 sent += await tx.write_burst(pkts[sent:])
-            await asyncio.sleep(0)
     except Disconnected:
         return
 

@@ -14,20 +14,23 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TextIO, TypeVar
 
 from .._text import printable
-from ..config import Arguments, MemoryConfig, RxMode
+from ..config import DEFAULT_SOCKET_FILENAME, Arguments, MemoryConfig, RxMode
 from ..errors import MemifError
+from ..events import LinkEvent, Subscription
 from ..interface import Interface
-from ..packet import parse_ip, parse_mac
 from ..queue import RxQueue, TxQueue
+from ..serving import serve as serve_interface
 from ..socket import Socket
-from ..status import StatusEndpoint
 from ..wire import MAX_LOG2_RING_SIZE, InterfaceMode
+from .packet import parse_ip, parse_mac
+from .status import StatusEndpoint
 
 T = TypeVar("T")
 
@@ -36,8 +39,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2  #: bad arguments, and every failure to get a link
 EXIT_FORCED = 130
 
-#: how often the link wait looks at the interface
-_POLL = 0.02
+#: the environment variables read when --socket / --secret are absent (the Contiv convention)
+ENV_SOCKET = "MEMIF_SOCKET"
+ENV_SECRET = "MEMIF_SECRET"
 
 
 class ToolError(Exception):
@@ -102,17 +106,34 @@ def ip_arg(text: str) -> bytes:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_socket_option(p: argparse.ArgumentParser | argparse._ArgumentGroup,
+                      what: str) -> None:
+    """``--socket``; when absent, :func:`apply_environment` fills in $MEMIF_SOCKET or the
+    library's default."""
+    p.add_argument("--socket", default=None, metavar="PATH",
+                   help=f"{what} (default: ${ENV_SOCKET} if set, else "
+                        f"{DEFAULT_SOCKET_FILENAME})")
+
+
+def apply_environment(ns: argparse.Namespace) -> None:
+    """Fill the ``--socket`` and ``--secret`` a command line left out from $MEMIF_SOCKET
+    and $MEMIF_SECRET (an empty variable counts as unset)."""
+    if getattr(ns, "socket", "") is None:
+        ns.socket = os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET_FILENAME
+    if getattr(ns, "secret", "") is None:
+        ns.secret = os.environ.get(ENV_SECRET) or ""
+
+
 def add_interface_options(p: argparse.ArgumentParser, command: str) -> None:
     """The options every interface-running tool takes."""
     g = p.add_argument_group("interface options (common to every tool)")
-    g.add_argument("--socket", default="/run/vpp/memif.sock", metavar="PATH",
-                   help="memif socket: a file path, or @name for an abstract socket "
-                        "(default: %(default)s)")
+    add_socket_option(g, "memif socket: a file path, or @name for an abstract socket")
     g.add_argument("--id", type=int_range(0, 0xFFFFFFFF), default=0,
                    help="interface id (default: %(default)s)")
     g.add_argument("--role", choices=("master", "slave"), default="slave",
                    help="master listens on the socket, slave connects (default: %(default)s)")
-    g.add_argument("--secret", default="", help="shared secret (default: none)")
+    g.add_argument("--secret", default=None,
+                   help=f"shared secret (default: ${ENV_SECRET} if set, else none)")
     g.add_argument("--rsize", type=int_range(1, MAX_LOG2_RING_SIZE), default=10,
                    metavar="LOG2",
                    help="ring size as log2 of the slots; the slave's value is used "
@@ -163,7 +184,20 @@ def configure_logging(verbose: int) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def run_loop(coro: Coroutine[Any, Any, T], use_uvloop: bool) -> T:
+    """Run ``coro`` to its end on a new uvloop or default asyncio loop."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if use_uvloop:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
 def fmt_rate(value: float, unit: str) -> str:
+    """``value`` ``unit`` with a k/M/G prefix: ``fmt_rate(1.5e6, "pkt/s")`` is
+    ``"1.50 Mpkt/s"``."""
     for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if value >= scale:
             return f"{value / scale:.2f} {prefix}{unit}"
@@ -239,26 +273,57 @@ class Tool:
         False when stopped by a signal first, or when the loop time ``end`` (the end
         of a ``--duration`` counted from the start) came first; :class:`ToolError`
         (status 2) when the peer refused the connection (its reason) or nothing
-        connected in time."""
+        connected in time.  Woken by the interface's link events, never polling."""
         itf = self.itf
+        if itf.is_connected():
+            return True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ns.timeout if self.ns.timeout > 0 else None
-        while not itf.is_connected():
-            if self.stop.is_set() or (end is not None and loop.time() >= end):
-                return False
-            reason = itf.get_disconnect_reason()
-            if reason and not itf.is_master():
-                raise ToolError(f"connection refused: {reason}")
-            if deadline is not None and loop.time() >= deadline:
-                t = self.ns.timeout
-                if itf.is_master():
-                    last = f" (last refused: {reason})" if reason else ""
-                    raise ToolError(f"no slave connected to {self.ns.socket} (id {self.ns.id}) "
-                                    f"within {t:g} s{last}")
-                why = itf.get_connect_error() or "no answer to the handshake"
-                raise ToolError(f"could not connect to {self.ns.socket} within {t:g} s: {why}")
-            await asyncio.sleep(_POLL)
-        return True
+        timeout = self.ns.timeout if self.ns.timeout > 0 else None
+        async with itf.events() as evs:
+            self._check_refused()  # an attempt may have failed before we subscribed
+            up = asyncio.ensure_future(itf.wait_connected(timeout))
+            refused = asyncio.ensure_future(self._watch_refusals(evs))
+            stop = asyncio.ensure_future(self.stop.wait())
+            try:
+                left = None if end is None else max(0.0, end - loop.time())
+                await asyncio.wait({up, refused, stop}, timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if up.done():
+                    try:
+                        up.result()
+                    except TimeoutError:
+                        raise self._no_link() from None
+                    return True
+                if refused.done():
+                    refused.result()  # raises the ToolError
+                return False  # a signal, or ``end``
+            finally:
+                for t in (up, refused, stop):
+                    t.cancel()
+                await asyncio.gather(up, refused, stop, return_exceptions=True)
+
+    def _check_refused(self) -> None:
+        itf = self.itf
+        reason = itf.get_disconnect_reason()
+        if reason and not itf.is_master() and not itf.is_connected():
+            raise ToolError(f"connection refused: {reason}")
+
+    async def _watch_refusals(self, evs: Subscription[LinkEvent]) -> None:
+        """A slave whose handshake is refused (a reason, not an unreachable socket) gives up."""
+        async for ev in evs:
+            if ev.kind == "refused":
+                self._check_refused()
+
+    def _no_link(self) -> ToolError:
+        itf = self.itf
+        t = self.ns.timeout
+        reason = itf.get_disconnect_reason()
+        if itf.is_master():
+            last = f" (last refused: {reason})" if reason else ""
+            return ToolError(f"no slave connected to {self.ns.socket} (id {self.ns.id}) "
+                             f"within {t:g} s{last}")
+        why = itf.get_connect_error() or "no answer to the handshake"
+        return ToolError(f"could not connect to {self.ns.socket} within {t:g} s: {why}")
 
     def drained(self) -> bool:
         """The peer has taken every packet we published on our transmit rings (or
@@ -319,45 +384,29 @@ class Tool:
     async def serve(self, per_queue: Callable[[RxQueue, TxQueue], Coroutine[Any, Any, None]],
                     *, duration: float | None = None,
                     done: asyncio.Event | None = None) -> None:
-        """Run ``per_queue(rx, tx)`` on every queue pair of every connection (the link
-        must be up on entry) until the stop event, ``done``, or ``duration`` seconds.
-        ``per_queue`` returns when its queues raise ``Disconnected``; after a link down
-        this reports the reason on stderr and waits for the next link (a slave
-        reconnects by itself; a master waits for a slave)."""
+        """Run ``per_queue(rx, tx)`` on every queue pair of every connection until the
+        stop event, ``done``, or ``duration`` seconds, with :func:`memif_aio.serve`:
+        ``per_queue`` returns (or raises ``Disconnected``) when its queues go down; a
+        link down is reported with its reason on stderr, and the next link (a slave
+        reconnects by itself; a master waits for a slave) gets its summary line."""
         loop = asyncio.get_running_loop()
         end = None if duration is None else loop.time() + duration
-        first = True
-        while not self.finished(done, end):
-            itf = self.itf
-            if not first:
-                while not itf.is_connected() and not self.finished(done, end):
-                    await asyncio.sleep(_POLL)
-                if self.finished(done, end):
-                    return
+
+        def on_event(ev: LinkEvent) -> None:
+            if ev.kind == "down":
+                self.error(f"link down: {ev.reason or 'unknown reason'}")
+            elif ev.kind == "up" and self.itf.is_connected():
                 self.say(self.link_summary())
-            first = False
-            try:
-                n = min(len(itf.rx_queues), len(itf.tx_queues))
-                pairs = [(itf.get_rx_queue(q), itf.get_tx_queue(q)) for q in range(n)]
-            except MemifError:
-                continue  # went down again already
-            if not await self.until([per_queue(rx, tx) for rx, tx in pairs], done, end):
-                return
-            self.error(f"link down: {itf.get_disconnect_reason() or 'unknown reason'}")
+
+        await self.until([serve_interface(self.itf, per_queue, on_event=on_event)], done, end)
 
 
 def run(ns: argparse.Namespace, command: str,
         body: Callable[[Tool], Coroutine[Any, Any, int]]) -> int:
     """Run ``body(tool)`` with the interface up to it; map errors to exit statuses."""
     configure_logging(ns.verbose)
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if ns.uvloop:
-        import uvloop
-
-        factory = uvloop.new_event_loop
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(_main(ns, command, body))
+        return run_loop(_main(ns, command, body), ns.uvloop)
     except ToolError as exc:
         print(printable(f"memif-aio {command}: {exc.message}"), file=sys.stderr, flush=True)
         return exc.code

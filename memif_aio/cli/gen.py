@@ -9,7 +9,7 @@ frames on the memif (the whole Ethernet frame, no FCS; in ``ip`` mode the IPv4
 packet).  Checksums are correct (IPv4 header and UDP).
 
 With ``--rate`` and ``--duration`` it sends exactly ``rate x duration`` packets
-on the schedule of :mod:`memif_aio.tools.traffic` (ending early only on a signal
+on the schedule of :mod:`memif_aio.cli.traffic` (ending early only on a signal
 or a link down), so a receiver that keeps up counts exactly that many.
 """
 
@@ -23,7 +23,6 @@ import struct
 import sys
 from collections.abc import Iterator
 
-from ..packet import ETH_P_IPV4, checksum, ethernet, ipv4
 from .common import (
     EXIT_FAILED,
     Tool,
@@ -36,6 +35,7 @@ from .common import (
     positive_float,
     run,
 )
+from .packet import ETH_P_IPV4, checksum, ethernet, ipv4
 from .traffic import Item, Sender, add_sender_options, send
 
 IPPROTO_UDP = 17

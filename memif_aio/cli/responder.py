@@ -17,15 +17,15 @@ import asyncio
 from dataclasses import dataclass
 
 from ..errors import Disconnected
-from ..packet import (
+from ..queue import RxQueue, TxQueue
+from .common import EXIT_OK, Tool, add_interface_options, ip_arg, mac_arg, positive_float, run
+from .packet import (
     ETH_P_ARP,
     format_ip,
     format_mac,
     parse_ethernet,
     respond,
 )
-from ..queue import RxQueue, TxQueue
-from .common import EXIT_OK, Tool, add_interface_options, ip_arg, mac_arg, positive_float, run
 
 DEFAULT_IP = "192.168.1.1"
 DEFAULT_MAC = "02:fe:00:00:00:01"
@@ -70,9 +70,6 @@ class Responder:
                 sent = 0  # write_burst may publish fewer than asked
                 while sent < len(replies):
                     sent += await tx.write_burst(replies[sent:])
-                # read_burst returns at once while packets are waiting: under a flood,
-                # without this the loop would never run anything else (signals included)
-                await asyncio.sleep(0)
         except Disconnected:
             return
 
