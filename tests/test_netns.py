@@ -27,6 +27,7 @@ from conftest import ci
 import memif_aio.address as address
 from memif_aio import Arguments, Interface, Socket
 from memif_aio import testpmd as tpmod
+from memif_aio.cli.status import format_show, interface_status
 from memif_aio.testpmd import TestPmd
 
 pytestmark = pytest.mark.timeout(90)
@@ -142,6 +143,9 @@ async def test_abstract_socket_in_a_namespace(make_netns: Callable[[], str],
         assert (ev.kind, ev.netns) == ("up", ns)
         assert ms.netns == ss.netns == ns and s.stats().netns == ns and m.stats().netns == ns
         assert f"netns={ns!r}" in repr(ss)
+        show = format_show([m, s])  # memif-aio show and the status endpoint say it too
+        assert show.count(f"netns {ns}") == 2, show
+        assert interface_status(s)["netns"] == ns
         assert os.readlink("/proc/self/ns/net") == me
         no_netns_thread_left()
     assert not listening_in(ns, "@" + name)

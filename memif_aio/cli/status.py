@@ -24,19 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import glob
 import json
 import logging
 import os
 import re
 import socket as _socket
-import stat
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
 from .._text import printable
+from ..address import (
+    bind_unix,
+    connect_unix,
+    is_socket,
+    listening_names,
+    parse_address,
+    peer_credentials,
+    remove_stale_socket,
+)
 from ..interface import Interface
 from ..wire import VERSION_MAJOR, VERSION_MINOR
 
@@ -56,7 +62,6 @@ log = logging.getLogger("memif_aio")
 MAX_REQUEST = 4096
 #: how long the endpoint waits for a client's request
 REQUEST_TIMEOUT = 2.0
-_UCRED = struct.Struct("iII")  # pid, uid, gid
 
 
 def interface_status(itf: Interface) -> dict[str, Any]:
@@ -96,9 +101,10 @@ def format_show(interfaces: Iterable[StatusLike]) -> str:
 
     Takes :class:`~memif_aio.Interface` objects (this process) or the dicts of
     :func:`interface_status` (as read from another process by ``memif-aio show``).
-    Per interface: name, id, role, socket, state, peer application and interface
-    names, mode, receive (interrupt) mode, the negotiated queue pairs, ring and buffer
-    sizes, the regions, and per queue the ring's head and tail and the counters.
+    Per interface: name, id, role, socket (and its network namespace, if not ours),
+    state, peer application and interface names, mode, receive (interrupt) mode, the
+    negotiated queue pairs, ring and buffer sizes, the regions, and per queue the
+    ring's head and tail and the counters.
 
     Every line is escaped by :func:`memif_aio._text.printable`: the peer chooses its
     names and its DISCONNECT reason, and a status document read from another process
@@ -110,7 +116,8 @@ def format_show(interfaces: Iterable[StatusLike]) -> str:
         role = st["role"]
         mem = st["memory"]
         out.append(f"interface {st['name'] or '(unnamed)'} (id {st['id']}, {role})")
-        out.append(f"  socket {st['socket']}")
+        netns = f" netns {st['netns']}" if st.get("netns") else ""
+        out.append(f"  socket {st['socket']}{netns}")
         state = f"  state {st['state']}, connections {st['connections']}"
         if st.get("last_reason"):
             state += f", last reason \"{st['last_reason']}\""
@@ -142,11 +149,12 @@ def format_show(interfaces: Iterable[StatusLike]) -> str:
 
 
 def _abstract(name: str) -> str | None:
-    if name.startswith("@"):
-        return name[1:]
-    if name.startswith("abstract:"):
-        return name[len("abstract:"):]
-    return None
+    """The abstract name of a memif socket name (None for a filesystem path)."""
+    try:
+        addr = parse_address(name)
+    except ValueError:
+        return None
+    return addr.name if addr.abstract else None
 
 
 def _fallback_base(memif_socket: str) -> str:
@@ -164,26 +172,10 @@ def endpoint_names(memif_socket: str, pid: int | None = None) -> list[str]:
     return [n for b in bases for n in (f"{b}.ctl", f"{b}.{pid}.ctl")]
 
 
-def _address(name: str) -> str:
-    return "\0" + name[1:] if name.startswith("@") else name
-
-
 def _abstract_listeners() -> list[str]:
     """Every listening abstract AF_UNIX stream socket (``@name``) of this network
     namespace, from ``/proc/net/unix``."""
-    names = []
-    try:
-        with open("/proc/net/unix") as f:
-            next(f, None)
-            for line in f:
-                parts = line.split(None, 7)
-                # type 0001 = SOCK_STREAM, flags 00010000 = listening
-                if len(parts) == 8 and parts[3] == "00010000" and parts[4] == "0001" and \
-                        parts[7].startswith("@"):
-                    names.append(parts[7].rstrip("\n"))
-    except OSError:
-        pass
-    return names
+    return listening_names(_socket.SOCK_STREAM, abstract_only=True)
 
 
 def find_endpoints(memif_socket: str) -> list[str]:
@@ -202,17 +194,10 @@ def find_endpoints(memif_socket: str) -> list[str]:
         else:
             cands = glob.glob(glob.escape(base) + ".ctl") + \
                 glob.glob(glob.escape(base) + ".*.ctl")
-            names = [n for n in cands if pat.fullmatch(n) and _is_socket(n)]
+            names = [n for n in cands if pat.fullmatch(n) and is_socket(n)]
         # <base>.ctl first, then <base>.<pid>.ctl by pid
         found += sorted(set(names), key=lambda n: (n != f"{base}.ctl", len(n), n))
     return found
-
-
-def _is_socket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def query_status(name: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -222,7 +207,7 @@ def query_status(name: str, timeout: float = 2.0) -> dict[str, Any]:
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.settimeout(timeout)
-        s.connect(_address(name))
+        connect_unix(s, name)
         s.sendall(b'{"request": "status"}\n')
         buf = bytearray()
         while True:
@@ -295,12 +280,11 @@ class StatusEndpoint:
         return None
 
     def _bind(self, name: str) -> _socket.socket:
-        addr = _address(name)
         if not name.startswith("@"):
-            _remove_stale(name)
+            remove_stale_socket(name, _socket.SOCK_STREAM)
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
-            sock.bind(addr)
+            bind_unix(sock, name)
             if not name.startswith("@"):
                 # only this user may connect (the peer's uid is checked as well, which is
                 # what guards abstract names and the moment before this chmod)
@@ -369,33 +353,5 @@ class StatusEndpoint:
 
 def _peer_allowed(writer: asyncio.StreamWriter) -> bool:
     sock = writer.get_extra_info("socket")
-    if sock is None:
-        return False
-    try:
-        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size)
-    except OSError:
-        return False
-    _pid, uid, _gid = _UCRED.unpack(raw)
-    return uid in (os.getuid(), 0)
-
-
-def _remove_stale(path: str) -> None:
-    """Unlink a socket file nobody listens on; ``OSError(EADDRINUSE)`` for a live one."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, "exists and is not a socket")
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        return
-    except BlockingIOError:
-        pass
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, "in use by a live process")
+    creds = peer_credentials(sock) if sock is not None else None
+    return creds is not None and creds.uid in (os.getuid(), 0)
