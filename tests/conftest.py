@@ -91,7 +91,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
     """Stop every testpmd (its working directory, socket and DPDK runtime directory go
     with it), kill and reap the other child processes, remove the socket directories
     and DPDK runtime directories of this run, then let SIGTERM end the run."""
-    from memif_aio import testpmd
+    from memif_aio.testing import testpmd
 
     testpmd.kill_all()
     kids = child_processes()

@@ -57,10 +57,10 @@ def describe_process(pid: int) -> str:
 
 def dpdk_runtime_dirs(pid: int | None = None) -> set[str]:
     """DPDK runtime directories of the testpmds that process ``pid`` (default: this one)
-    started through :mod:`memif_aio.testpmd` (``--file-prefix=memif_aio_<pid>_...``)."""
+    started through :mod:`memif_aio.testing.testpmd` (``--file-prefix=memif_aio_<pid>_...``)."""
     import glob
 
-    from memif_aio.testpmd import runtime_dir
+    from memif_aio.testing.testpmd import runtime_dir
 
     pid = os.getpid() if pid is None else pid
     return set(glob.glob(runtime_dir(f"memif_aio_{pid}_*")))

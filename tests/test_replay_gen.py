@@ -28,7 +28,7 @@ from test_tools import Tool, env, finish, read_pcap, run, start, tool_async, wai
 
 from memif_aio import Arguments, Socket
 from memif_aio import packet as pk
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing.testpmd import TestPmd
 from memif_aio.tools.gen import IMIX, Flows
 from memif_aio.tools.replay import flow_queue, scan, schedule
 from memif_aio.tools.traffic import Pacer

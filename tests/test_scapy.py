@@ -30,7 +30,7 @@ from scapy.sendrecv import AsyncSniffer, sendp, sniff
 
 from memif_aio import Arguments, InterfaceMode, NotConnected, Socket
 from memif_aio.scapy import MemifSocket
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing.testpmd import TestPmd
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -33,8 +33,8 @@ from memif_aio import Arguments, Socket
 from memif_aio import packet as pk
 from memif_aio.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, Capture, PcapWriter, capture
 from memif_aio.status import StatusEndpoint, find_endpoints, format_show, query_status
-from memif_aio.testpmd import TestPmd, find_testpmd
-from memif_aio.testpmd import kill_all as kill_all_testpmd
+from memif_aio.testing.testpmd import TestPmd, find_testpmd
+from memif_aio.testing.testpmd import kill_all as kill_all_testpmd
 from memif_aio.wire import InterfaceMode
 
 # every test, the real-peer ones included: no fd, mapping, child process or DPDK runtime

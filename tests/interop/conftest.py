@@ -3,7 +3,7 @@
 * ``testpmd``: the path of ``dpdk-testpmd``.  When it is missing the tests skip with
   the Debian packages to install, except under CI (``CI=true``), where they fail:
   CI must install DPDK (``.ci/run`` does).
-* CPU placement: testpmd busy-polls one whole CPU; :mod:`memif_aio.testpmd` pins it
+* CPU placement: testpmd busy-polls one whole CPU; :mod:`memif_aio.testing.testpmd` pins it
   to the last CPU, and each test here pins the event loop thread to CPU 0 (restored
   afterwards) so that the two never share a CPU on a 2-core machine.
 * Leftovers: after each test no testpmd started by it may still run, and no
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memif_aio import testpmd as tpmod
+from memif_aio.testing import testpmd as tpmod
 
 
 def _ci() -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from memif_aio import Arguments, Disconnected, Interface, MemoryConfig, Socket, TxQueue
-from memif_aio.testpmd import TestPmd, unix_listening
+from memif_aio.testing.testpmd import TestPmd, unix_listening
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
