@@ -30,11 +30,13 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from _harness import child_process, sealed_memfd
+from _harness import read_line as line
 from hostile import (
     HarnessError,
     HostileClient,
@@ -212,31 +214,9 @@ async def fds_of_every_kind(tmp: str) -> AsyncIterator[dict[str, int]]:
         f.close()
 
 
-def sealed_memfd(size: int = 1 << 16, file_size: int | None = None, extra_seals: int = 0) -> int:
-    fd = os.memfd_create("hostile", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
-    os.ftruncate(fd, size if file_size is None else file_size)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | extra_seals)
-    return fd
-
-
-@asynccontextmanager
-async def peer_process(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+def peer_process(*args: str) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
     """``python tests/hostile.py ARGS``; killed and reaped at the end whatever happens."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, HOSTILE, *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-async def line(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> str:
-    assert proc.stdout is not None
-    raw_line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    return raw_line.decode().strip()
+    return child_process(HOSTILE, *args)
 
 
 # ----------------------------------------------------------------------------
