@@ -18,6 +18,8 @@ import uvloop
 from hypothesis import settings as hypothesis_settings
 from leaks import LeakGuard, child_processes, dpdk_runtime_dirs  # a plain module: see leaks.py
 
+from memif_aio.testing.plugin import in_ci, require_testpmd
+
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,
@@ -26,7 +28,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 
 def ci() -> bool:
     """True under CI (``CI=true``): missing real peers fail, fuzzing is derandomized."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+    return in_ci()
 
 
 # --- hypothesis: every fuzz run can be replayed ---------------------------------------------
@@ -177,6 +179,25 @@ def sock_dir() -> Iterator[str]:
 @pytest.fixture
 def sock_path(sock_dir: str) -> str:
     return os.path.join(sock_dir, "memif.sock")
+
+
+@pytest.fixture
+def dpdk() -> Iterator[str]:
+    """The path of dpdk-testpmd (skips when it is missing, fails under CI=true:
+    :func:`memif_aio.testing.plugin.require_testpmd`); this thread (the event loop) and the
+    processes it starts run on CPU 0, away from testpmd's polling CPU; no testpmd may
+    still run at the end."""
+    from memif_aio.testing import testpmd as driver
+
+    path = require_testpmd()
+    before = os.sched_getaffinity(0)
+    if driver.default_cpu() != 0 and 0 in before:
+        os.sched_setaffinity(0, {0})
+    try:
+        yield path
+    finally:
+        os.sched_setaffinity(0, before)
+        assert not driver.kill_all(), "testpmd left running (killed now)"
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import sys
 
 import dpkt
 import pytest
-import test_tools as tt  # the tools harness (processes, pcap reading, the testpmd fixture)
+import test_tools as tt  # the tools harness (processes, pcap reading)
 from test_tools import Tool, env, finish, read_pcap, run, start, tool_async, wait_path
 
 from memif_aio import Arguments, Socket
@@ -36,7 +36,6 @@ from memif_aio.tools.traffic import Pacer
 pytestmark = pytest.mark.timeout(90)
 
 tools = tt.tools  # fixture: tools started by a test are stopped and reaped
-dpdk = tt.dpdk  # fixture: dpdk-testpmd (fails under CI=true when missing)
 
 LOOPS = pytest.mark.parametrize("loop", ["--uvloop", "--no-uvloop"], ids=["uvloop", "asyncio"])
 

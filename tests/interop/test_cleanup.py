@@ -129,7 +129,7 @@ def assert_nothing_left(info: dict[str, object], output: str,
     assert not tpmod.unix_listening(str(info["socket"]))
 
 
-async def test_sigterm_to_the_test_session_cleans_up(testpmd: str, no_leaks: None) -> None:
+async def test_sigterm_to_the_test_session_cleans_up(dpdk: str, no_leaks: None) -> None:
     with tempfile.TemporaryDirectory(prefix="memif-aio-victim-") as tmp:
         with open(os.path.join(tmp, "test_victim.py"), "w") as f:
             f.write(textwrap.dedent(VICTIM_TEST))
@@ -143,7 +143,7 @@ async def test_sigterm_to_the_test_session_cleans_up(testpmd: str, no_leaks: Non
         assert_nothing_left(info, output)
 
 
-async def test_sigterm_to_a_driver_script_cleans_up(testpmd: str, no_leaks: None) -> None:
+async def test_sigterm_to_a_driver_script_cleans_up(dpdk: str, no_leaks: None) -> None:
     with tempfile.TemporaryDirectory(prefix="memif-aio-victim-") as tmp:
         script = os.path.join(tmp, "victim.py")
         with open(script, "w") as f:
