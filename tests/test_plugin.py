@@ -192,7 +192,8 @@ def test_a_failing_test_still_stops_its_testpmd(project: pytest.Pytester, dpdk: 
             client = await testpmd("client", forward_mode="txonly", socket=server.socket)
             await client.wait_connected(15)  # a DPDK client talks to the DPDK server
             with open({str(out)!r}, "a") as f:
-                f.write(json.dumps([[t.pid, t.prefix, t.workdir] for t in (server, client)]) + "\\n")
+                made = [[t.pid, t.prefix, t.workdir] for t in (server, client)]
+                f.write(json.dumps(made) + "\\n")
             assert False, "this test fails with two testpmds running"
 
         def test_after():  # in the same process: the fixture stopped them, not atexit
