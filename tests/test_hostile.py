@@ -1358,6 +1358,23 @@ async def _cancel_storm(tx: Any, rx: Any, seed: int) -> None:
     assert rx.stats().bad_descriptors == 0
 
 
+async def read_until_killed(rx: Any, proc: asyncio.subprocess.Process) -> tuple[
+        list[int], Disconnected]:
+    """Read the peer process's numbered packets from ``rx``, SIGKILL it after 2000, and
+    read on until the link goes: the sequence numbers read, and the Disconnected."""
+    killed = False
+    got: list[int] = []
+    with pytest.raises(Disconnected) as info:
+        while True:
+            for pkt in await asyncio.wait_for(rx.read_burst(64), T):
+                got.append(check_seq_packet(pkt))
+            if len(got) > 2000 and not killed:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+    assert await proc.wait() == -signal.SIGKILL
+    return got, info.value
+
+
 class TestFaults:
     @both_loops
     async def test_peer_slave_killed_mid_burst(self, sock_path: str, no_leaks: None) -> None:
@@ -1369,19 +1386,9 @@ class TestFaults:
             async with peer_process("serve", "--role", "slave", "--path", sock_path,
                                     "--burst") as proc:
                 await connected(m, timeout=10)
-                rx = m.get_rx_queue(0)
-                killed = False
-                got: list[int] = []
-                with pytest.raises(Disconnected) as info:
-                    while True:
-                        for pkt in await asyncio.wait_for(rx.read_burst(64), T):
-                            got.append(check_seq_packet(pkt))
-                        if len(got) > 2000 and not killed:
-                            proc.send_signal(signal.SIGKILL)
-                            killed = True
-                assert await proc.wait() == -signal.SIGKILL
+                got, info = await read_until_killed(m.get_rx_queue(0), proc)
             assert got == list(range(len(got)))
-            assert info.value.reason == "peer closed the connection" and info.value.by_peer
+            assert info.reason == "peer closed the connection" and info.by_peer
             assert m.get_disconnect_reason() == "peer closed the connection"
             s = sock.new_interface(Arguments(id=0, is_master=False, **FAST))
             await connected(m, s)
@@ -1397,19 +1404,9 @@ class TestFaults:
             async with peer_process("serve", "--role", "master", "--path", sock_path,
                                     "--burst") as proc:
                 await connected(s, timeout=10)
-                rx = s.get_rx_queue(0)
-                killed = False
-                got: list[int] = []
-                with pytest.raises(Disconnected) as info:
-                    while True:
-                        for pkt in await asyncio.wait_for(rx.read_burst(64), T):
-                            got.append(check_seq_packet(pkt))
-                        if len(got) > 2000 and not killed:
-                            proc.send_signal(signal.SIGKILL)
-                            killed = True
-                assert await proc.wait() == -signal.SIGKILL
+                got, info = await read_until_killed(s.get_rx_queue(0), proc)
             assert got == list(range(len(got)))
-            assert info.value.reason == "peer closed the connection"
+            assert info.reason == "peer closed the connection"
             assert s.get_disconnect_reason() == "peer closed the connection"
             await until(lambda: "Connection refused" in s.get_connect_error())
             assert os.path.exists(sock_path)  # stale, left by the dead process
