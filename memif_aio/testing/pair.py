@@ -8,13 +8,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from memif_aio import Arguments, Interface, InterfaceMode, MemoryConfig, RxMode, Socket
+from memif_aio.config import (
+    DEFAULT_LOG2_RING_SIZE,
+    DEFAULT_NUM_QUEUE_PAIRS,
+    DEFAULT_PACKET_BUFFER_SIZE,
+)
 
 __all__ = ["connected_pair"]
 
 
 @contextlib.asynccontextmanager
-async def connected_pair(path: str, *, id: int = 0, queues: int = 1, ring: int = 10,
-                         buffer: int = 2048, mode: InterfaceMode | int = InterfaceMode.ETHERNET,
+async def connected_pair(path: str, *, id: int = 0, queues: int = DEFAULT_NUM_QUEUE_PAIRS,
+                         ring: int = DEFAULT_LOG2_RING_SIZE,
+                         buffer: int = DEFAULT_PACKET_BUFFER_SIZE,
+                         mode: InterfaceMode | int = InterfaceMode.ETHERNET,
                          secret: bytes | str = b"", rx_mode: RxMode | str = RxMode.INTERRUPT,
                          timeout: float = 10.0,
                          **arguments: Any) -> AsyncIterator[tuple[Interface, Interface]]:
