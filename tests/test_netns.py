@@ -26,8 +26,8 @@ from conftest import ci
 
 import memif_aio.address as address
 from memif_aio import Arguments, Interface, Socket
-from memif_aio import testpmd as tpmod
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing import testpmd as tpmod
+from memif_aio.testing.testpmd import TestPmd
 
 pytestmark = pytest.mark.timeout(90)
 
