@@ -7,7 +7,7 @@ import statistics
 import tempfile
 
 from memif_aio import MemoryConfig, RxMode
-from memif_aio.testpmd import PortStats, TestPmd, find_testpmd
+from memif_aio.testing.testpmd import PortStats, TestPmd, find_testpmd
 
 from .runner import (
     PEER_CPU,

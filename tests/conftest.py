@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import shutil
 import signal
@@ -17,13 +16,9 @@ from typing import Any, Callable
 import pytest
 import uvloop
 from hypothesis import settings as hypothesis_settings
-from leaks import (  # a plain module: see leaks.py
-    child_processes,
-    describe_process,
-    dpdk_runtime_dirs,
-    memfd_mappings,
-    open_fds,
-)
+from leaks import LeakGuard, child_processes, dpdk_runtime_dirs  # a plain module: see leaks.py
+
+from memif_aio.testing.plugin import in_ci, require_testpmd
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -33,7 +28,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 
 def ci() -> bool:
     """True under CI (``CI=true``): missing real peers fail, fuzzing is derandomized."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+    return in_ci()
 
 
 # --- hypothesis: every fuzz run can be replayed ---------------------------------------------
@@ -91,7 +86,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
     """Stop every testpmd (its working directory, socket and DPDK runtime directory go
     with it), kill and reap the other child processes, remove the socket directories
     and DPDK runtime directories of this run, then let SIGTERM end the run."""
-    from memif_aio import testpmd
+    from memif_aio.testing import testpmd
 
     testpmd.kill_all()
     kids = child_processes()
@@ -187,57 +182,30 @@ def sock_path(sock_dir: str) -> str:
 
 
 @pytest.fixture
+def dpdk() -> Iterator[str]:
+    """The path of dpdk-testpmd (skips when it is missing, fails under CI=true:
+    :func:`memif_aio.testing.plugin.require_testpmd`); this thread (the event loop) and the
+    processes it starts run on CPU 0, away from testpmd's polling CPU; no testpmd may
+    still run at the end."""
+    from memif_aio.testing import testpmd as driver
+
+    path = require_testpmd()
+    before = os.sched_getaffinity(0)
+    if driver.default_cpu() != 0 and 0 in before:
+        os.sched_setaffinity(0, {0})
+    try:
+        yield path
+    finally:
+        os.sched_setaffinity(0, before)
+        assert not driver.kill_all(), "testpmd left running (killed now)"
+
+
+@pytest.fixture
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves fds, memfd mappings, child processes (running or
-    unreaped) or DPDK runtime directories (``/var/run/dpdk/memif_aio_<pid>_*``) behind."""
-    gc.collect()
-    fds_before = open_fds()
-    maps_before = memfd_mappings()
-    kids_before = child_processes()
-    dirs_before = dpdk_runtime_dirs()
+    unreaped) or DPDK runtime directories (``/var/run/dpdk/memif_aio_<pid>_*``) behind.
+    Only the kinds of fd memif_aio creates count: the event loop's own (epoll, pipes)
+    close with the loop, after this fixture (:class:`memif_aio.testing.leaks.LeakGuard`)."""
+    guard = LeakGuard()
     yield
-    gc.collect()
-    leaked = open_fds() - fds_before
-    # fds of the event loop itself (epoll, pipes) close with the loop, after this fixture
-    leaked = {fd for fd in leaked if not _is_loop_fd(fd)}
-    assert not leaked, f"leaked fds: {[_describe(fd) for fd in leaked]}"
-    assert memfd_mappings() <= maps_before, "memfd mappings left behind"
-    kids = child_processes() - kids_before
-    assert not kids, f"child processes left behind: {[describe_process(p) for p in kids]}"
-    dirs = dpdk_runtime_dirs() - dirs_before
-    assert not dirs, f"DPDK runtime directories left behind: {sorted(dirs)}"
-
-
-def _describe(fd: int) -> str:
-    try:
-        return f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}"
-    except OSError:
-        return str(fd)
-
-
-def _is_loop_fd(fd: int) -> bool:
-    """True for fds memif_aio never creates (event loop internals such as epoll,
-    uvloop's pipes, asyncio's self-pipe socketpair): we create memfds, eventfds
-    and SOCK_SEQPACKET sockets only."""
-    try:
-        target = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return True
-    if target.startswith("/memfd:") or target == "anon_inode:[eventfd]":
-        return False
-    if target.startswith("socket:"):
-        return _is_stream_socket(fd)
-    return True
-
-
-def _is_stream_socket(fd: int) -> bool:
-    import socket
-
-    try:
-        s = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return False
-    try:
-        return s.type != socket.SOCK_SEQPACKET
-    finally:
-        s.close()
+    guard.check()

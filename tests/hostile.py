@@ -340,14 +340,32 @@ class HostileClient(Channel):
 
     async def handshake(self, memory: PeerMemory, id: int = 0, secret: bytes = b"",
                         mode: int = 0, if_name: bytes = b"hostile0",
-                        connect: bool = True) -> None:
+                        connect: bool = True, name: bytes = b"hostile") -> None:
         """A correct client handshake with ``memory`` (which this client then owns)."""
         self.memory = memory
-        await self.init(id, secret, mode)
+        await self.init(id, secret, mode, name)
         for msg, fd in memory.setup_messages():
             await self.ok(msg, [fd])
         if connect:
             await self.ok(MsgConnect(if_name), reply=MsgType.CONNECTED)
+
+
+@contextlib.asynccontextmanager
+async def handshaken_client(path: str, *, name: bytes = b"hostile",
+                            if_name: bytes = b"hostile0",
+                            **memory_kw: Any) -> AsyncIterator[tuple[HostileClient, PeerMemory]]:
+    """A :class:`HostileClient` at ``path`` that completed a correct handshake (INIT as
+    ``name``, CONNECT as ``if_name``) with memory of its own (``PeerMemory(**memory_kw)``,
+    which it owns); closed at the end."""
+    memory = PeerMemory(**memory_kw)
+    try:
+        hc = await HostileClient.connect(path)
+    except BaseException:
+        memory.close()
+        raise
+    async with hc:
+        await hc.handshake(memory, name=name, if_name=if_name)
+        yield hc, memory
 
 
 class HostileServer:

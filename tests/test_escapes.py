@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import pytest
-from hostile import HostileClient, HostileServer, PeerMemory, T, raw
+from hostile import HostileClient, HostileServer, T, handshaken_client, raw
 
 from memif_aio import (
     Arguments,
@@ -34,7 +34,7 @@ from memif_aio import (
 )
 from memif_aio._text import printable
 from memif_aio.cli.status import StatusEndpoint, format_show
-from memif_aio.wire import MsgConnect, MsgHello, MsgInit, MsgType
+from memif_aio.wire import MsgHello, MsgType
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,18 +109,7 @@ async def evil_slave(path: str) -> AsyncIterator[tuple[Interface, HostileClient]
     """A memif_aio master connected to a hostile client named EVIL_NAME / EVIL_IF."""
     async with Socket(path) as sock:
         itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master"))
-        mem = PeerMemory()
-        try:
-            hc = await HostileClient.connect(path)
-        except BaseException:
-            mem.close()
-            raise
-        async with hc:
-            hc.memory = mem
-            await hc.ok(MsgInit(0, name=EVIL_NAME))
-            for msg, fd in mem.setup_messages():
-                await hc.ok(msg, [fd])
-            await hc.ok(MsgConnect(EVIL_IF), reply=MsgType.CONNECTED)
+        async with handshaken_client(path, name=EVIL_NAME, if_name=EVIL_IF) as (hc, _mem):
             await itf.wait_connected(T)
             yield itf, hc
 

@@ -14,7 +14,6 @@ Every test is bounded (``max_examples`` <= 200, no deadline).
 
 from __future__ import annotations
 
-import gc
 import mmap
 import operator
 import os
@@ -24,9 +23,9 @@ from functools import reduce
 from itertools import pairwise
 from typing import Any
 
+from _harness import LeakGuard, Target
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from leaks import memfd_mappings, open_fds
 
 from memif_aio.errors import PacketTooLarge, ProtocolViolation
 from memif_aio.memory import ClientLayout, Region
@@ -39,7 +38,6 @@ from memif_aio.protocol import (
     SendMessage,
     ServerConfig,
     ServerHandshake,
-    ServerTarget,
 )
 from memif_aio.ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer, _Ring
 from memif_aio.wire import (
@@ -69,33 +67,11 @@ u32 = st.integers(0, 0xFFFFFFFF)
 u64 = st.integers(0, (1 << 64) - 1)
 
 
-def describe(fds: set[int]) -> list[str]:
-    out = []
-    for fd in sorted(fds):
-        try:
-            out.append(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
-        except OSError:
-            out.append(str(fd))
-    return out
-
-
-class LeakCheck:
-    """Per-example strict check of fds and memfd mappings."""
-
-    def __enter__(self) -> LeakCheck:
-        self.fds = open_fds()
-        self.maps = memfd_mappings()
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            return
-        leaked = open_fds() - self.fds
-        if leaked or memfd_mappings() != self.maps:
-            gc.collect()  # only reference cycles may excuse it
-            leaked = open_fds() - self.fds
-        assert not leaked, f"leaked fds: {describe(leaked)}"
-        assert memfd_mappings() == self.maps, "memfd mapping left behind"
+def LeakCheck() -> LeakGuard:
+    """Per-example strict check of fds and memfd mappings (only reference cycles, which a
+    ``gc.collect()`` at the check breaks, may excuse a leak)."""
+    return LeakGuard(strict=True, exact_mappings=True, processes=False, dpdk=False,
+                     collect=False)
 
 
 # ---------------------------------------------------------------------------
@@ -159,13 +135,6 @@ LOG2 = 2
 BSIZE = 64
 LAYOUT = ClientLayout(1, 1, LOG2, BSIZE, RingLayout.for_cache_line(64))
 REGION_SIZE = LAYOUT.region_size
-
-
-@dataclass(frozen=True)
-class Target(ServerTarget):
-    """The server machine's view of an interface, named as the tests like it."""
-
-    if_name: bytes = b"srv"
 
 
 TARGETS = {0: Target(), 1: Target(secret=b"pw"), 2: Target(require_seal=False, mode=1),

@@ -30,11 +30,13 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from _harness import child_process, sealed_memfd
+from _harness import read_line as line
 from hostile import (
     HarnessError,
     HostileClient,
@@ -212,31 +214,9 @@ async def fds_of_every_kind(tmp: str) -> AsyncIterator[dict[str, int]]:
         f.close()
 
 
-def sealed_memfd(size: int = 1 << 16, file_size: int | None = None, extra_seals: int = 0) -> int:
-    fd = os.memfd_create("hostile", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
-    os.ftruncate(fd, size if file_size is None else file_size)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | extra_seals)
-    return fd
-
-
-@asynccontextmanager
-async def peer_process(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+def peer_process(*args: str) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
     """``python tests/hostile.py ARGS``; killed and reaped at the end whatever happens."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, HOSTILE, *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-async def line(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> str:
-    assert proc.stdout is not None
-    raw_line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    return raw_line.decode().strip()
+    return child_process(HOSTILE, *args)
 
 
 # ----------------------------------------------------------------------------
@@ -1378,6 +1358,23 @@ async def _cancel_storm(tx: Any, rx: Any, seed: int) -> None:
     assert rx.stats().bad_descriptors == 0
 
 
+async def read_until_killed(rx: Any, proc: asyncio.subprocess.Process) -> tuple[
+        list[int], Disconnected]:
+    """Read the peer process's numbered packets from ``rx``, SIGKILL it after 2000, and
+    read on until the link goes: the sequence numbers read, and the Disconnected."""
+    killed = False
+    got: list[int] = []
+    with pytest.raises(Disconnected) as info:
+        while True:
+            for pkt in await asyncio.wait_for(rx.read_burst(64), T):
+                got.append(check_seq_packet(pkt))
+            if len(got) > 2000 and not killed:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+    assert await proc.wait() == -signal.SIGKILL
+    return got, info.value
+
+
 class TestFaults:
     @both_loops
     async def test_peer_slave_killed_mid_burst(self, sock_path: str, no_leaks: None) -> None:
@@ -1389,19 +1386,9 @@ class TestFaults:
             async with peer_process("serve", "--role", "slave", "--path", sock_path,
                                     "--burst") as proc:
                 await connected(m, timeout=10)
-                rx = m.get_rx_queue(0)
-                killed = False
-                got: list[int] = []
-                with pytest.raises(Disconnected) as info:
-                    while True:
-                        for pkt in await asyncio.wait_for(rx.read_burst(64), T):
-                            got.append(check_seq_packet(pkt))
-                        if len(got) > 2000 and not killed:
-                            proc.send_signal(signal.SIGKILL)
-                            killed = True
-                assert await proc.wait() == -signal.SIGKILL
+                got, info = await read_until_killed(m.get_rx_queue(0), proc)
             assert got == list(range(len(got)))
-            assert info.value.reason == "peer closed the connection" and info.value.by_peer
+            assert info.reason == "peer closed the connection" and info.by_peer
             assert m.get_disconnect_reason() == "peer closed the connection"
             s = sock.new_interface(Arguments(id=0, is_master=False, **FAST))
             await connected(m, s)
@@ -1417,19 +1404,9 @@ class TestFaults:
             async with peer_process("serve", "--role", "master", "--path", sock_path,
                                     "--burst") as proc:
                 await connected(s, timeout=10)
-                rx = s.get_rx_queue(0)
-                killed = False
-                got: list[int] = []
-                with pytest.raises(Disconnected) as info:
-                    while True:
-                        for pkt in await asyncio.wait_for(rx.read_burst(64), T):
-                            got.append(check_seq_packet(pkt))
-                        if len(got) > 2000 and not killed:
-                            proc.send_signal(signal.SIGKILL)
-                            killed = True
-                assert await proc.wait() == -signal.SIGKILL
+                got, info = await read_until_killed(s.get_rx_queue(0), proc)
             assert got == list(range(len(got)))
-            assert info.value.reason == "peer closed the connection"
+            assert info.reason == "peer closed the connection"
             assert s.get_disconnect_reason() == "peer closed the connection"
             await until(lambda: "Connection refused" in s.get_connect_error())
             assert os.path.exists(sock_path)  # stale, left by the dead process

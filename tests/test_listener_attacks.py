@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import resource
@@ -30,14 +29,15 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 if __name__ == "__main__":  # run as a child process: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest
+from _harness import child_process, loop_name, read_line, sealed_memfd, until
 from hostile import HostileClient, HostileServer, PeerMemory, T, guard_loop
 from leaks import open_fds
 
@@ -90,51 +90,19 @@ async def exchange(tx: Interface, rx: Interface, n: int = 10) -> None:
     assert got == pkts
 
 
-async def until(cond: Any, timeout: float = T, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def loop_name() -> str:
-    return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
-
-
-def sealed_memfd(size: int) -> int:
-    fd = os.memfd_create("attack", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
-    os.ftruncate(fd, size)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-    return fd
-
-
 def background_errors(caplog: pytest.LogCaptureFixture, kind: type[MemifError]) -> list[Any]:
     """The typed errors Socket._background_error logged (each record carries its error)."""
     found = (getattr(r, "memif_error", None) for r in caplog.records)
     return [e for e in found if isinstance(e, kind)]
 
 
-@asynccontextmanager
-async def child(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+def child(*args: str) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
     """``python tests/test_listener_attacks.py ARGS``, killed and reaped at the end."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, THIS, *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+    return child_process(THIS, *args)
 
 
 async def line(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> str:
-    assert proc.stdout is not None
-    raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    if not raw:
-        raise AssertionError(f"the child exited (status {await proc.wait()})")
-    return raw.decode().strip()
+    return await read_line(proc, timeout, eof_fails=True)
 
 
 async def tell(proc: asyncio.subprocess.Process, command: str) -> None:
@@ -338,7 +306,7 @@ async def test_handshake_budget_is_shared_by_the_socket(sock_path: str,
                     assert (n, reason) == (18, TOO_MANY_FDS)
             finally:
                 a.close()
-            await until(lambda: held() == 0, what="everything released")
+            await until(lambda: held() == 0, T, "everything released")
             # a completed handshake gives its share back
             mem = PeerMemory()
             async with await HostileClient.connect(sock_path) as c:
@@ -370,7 +338,7 @@ async def test_handshake_memory_is_bounded_per_socket(sock_path: str, no_leaks: 
                     await b.ok(MsgInit(1))
                     await b.send(MsgAddRegion(0, 2 << 20), [mfd])
                     assert await b.expect_disconnect() == TOO_MUCH_MEMORY
-            await until(lambda: not m0.is_connecting(), what="the first peer gone")
+            await until(lambda: not m0.is_connecting(), T, "the first peer gone")
             async with await HostileClient.connect(sock_path) as b:
                 await b.ok(MsgInit(1))
                 await b.ok(MsgAddRegion(0, 2 << 20), [mfd])

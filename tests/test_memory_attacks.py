@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from hostile import HostileClient, PeerMemory, seq_packet
+from hostile import HostileClient, PeerMemory, handshaken_client, seq_packet
 
 from memif_aio import (
     Arguments,
@@ -78,14 +78,7 @@ async def master(path: str) -> AsyncIterator[tuple[Socket, Interface]]:
 async def hostile_slave(path: str, itf: Interface,
                         **mem_kw: Any) -> AsyncIterator[tuple[HostileClient, PeerMemory]]:
     """A hostile client with its own memory that completed a correct handshake."""
-    mem = PeerMemory(**mem_kw)
-    try:
-        hc = await HostileClient.connect(path)
-    except BaseException:
-        mem.close()
-        raise
-    async with hc:
-        await hc.handshake(mem)
+    async with handshaken_client(path, **mem_kw) as (hc, mem):
         await asyncio.wait_for(itf.wait_connected(), T)
         yield hc, mem
 

@@ -22,13 +22,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
-from conftest import ci
 
 import memif_aio.address as address
 from memif_aio import Arguments, Interface, Socket
-from memif_aio import testpmd as tpmod
 from memif_aio.cli.status import format_show, interface_status
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing import testpmd as tpmod
+from memif_aio.testing.plugin import in_ci as ci  # not conftest's: see tests/leaks.py
+from memif_aio.testing.testpmd import TestPmd
 
 pytestmark = pytest.mark.timeout(90)
 

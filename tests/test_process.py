@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 import pytest
+from _harness import loop_name, until
 
 from memif_aio import (
     Arguments,
@@ -151,18 +152,6 @@ async def echo_round(itf: Interface, qid: int, count: int, *,
             assert got == want, f"interface {iid} queue {qid}: packet {seq} differs"
 
     await asyncio.wait_for(asyncio.gather(send(), receive()), 20)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.02)
-
-
-def loop_name() -> str:
-    return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
 
 
 # --- both roles, 4 queue pairs, chained packets -------------------------------------------

@@ -9,17 +9,23 @@ the Session releases everything.
 
 from __future__ import annotations
 
-import gc
 import os
 import struct
 import sys
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Self
 
 import pytest
-from leaks import memfd_mappings, open_fds
+from _harness import (
+    LeakGuard,
+    Target,
+    decoded,
+    established_pair,
+    make_server,
+    pump,
+    session_fds,
+)
+from leaks import open_fds
 
 from memif_aio.errors import ProtocolViolation
 from memif_aio.memory import ClientLayout, Region
@@ -38,7 +44,6 @@ from memif_aio.protocol import (
     ServerConfig,
     ServerHandshake,
     ServerState,
-    ServerTarget,
     Session,
     Way,
 )
@@ -60,53 +65,16 @@ from memif_aio.wire import (
 )
 
 # ---------------------------------------------------------------------------
-# Leak guard
+# Leak guard and helpers (pump, Target, the established pair: tests/_harness.py)
 # ---------------------------------------------------------------------------
-
-
-def describe(fd: int) -> str:
-    try:
-        return f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}"
-    except OSError:
-        return str(fd)
 
 
 @pytest.fixture(autouse=True)
 def fd_guard() -> Iterator[None]:
     """Strict: any new fd (of any kind) or memfd mapping left at the end fails the test."""
-    gc.collect()
-    before = open_fds()
-    maps = memfd_mappings()
+    guard = LeakGuard(strict=True, exact_mappings=True, processes=False, dpdk=False)
     yield
-    gc.collect()
-    leaked = open_fds() - before
-    assert not leaked, f"leaked fds: {[describe(fd) for fd in sorted(leaked)]}"
-    assert memfd_mappings() == maps, "memfd mappings left behind"
-
-
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target(ServerTarget):
-    """The server machine's view of an interface, named as the tests like it."""
-
-    if_name: bytes = b"srv0"
-
-
-def make_server(targets: dict[int, Target] | None = None, **kw: object) -> ServerHandshake:
-    table = {0: Target()} if targets is None else targets
-    return ServerHandshake(ServerConfig(lookup=table.get, **kw))  # type: ignore[arg-type]
-
-
-def sends(outs: Sequence[object]) -> list[SendMessage]:
-    return [o for o in outs if isinstance(o, SendMessage)]
-
-
-def decoded(outs: Sequence[object]) -> list[object]:
-    return [decode_message(o.data) for o in sends(outs)]
+    guard.check()
 
 
 def assert_refused(outs: Sequence[object], reason: str, *, exact: bool = True) -> None:
@@ -132,75 +100,6 @@ def new_efd() -> int:
 
 
 ACK = MsgAck().encode()
-
-
-@dataclass
-class Trace:
-    client_msgs: list[object] = field(default_factory=list)
-    client_fds: list[int | None] = field(default_factory=list)
-    #: (type of message the client received, number of messages it sent in reply)
-    client_replies: list[tuple[int, int]] = field(default_factory=list)
-    server_replies: list[tuple[int, int]] = field(default_factory=list)
-    to_server_fds: list[int] = field(default_factory=list)
-    to_client_fds: list[int] = field(default_factory=list)
-    server_events: list[object] = field(default_factory=list)
-    client_events: list[object] = field(default_factory=list)
-
-    def session(self, side: str) -> Session:
-        events = self.server_events if side == "s" else self.client_events
-        got = [e.session for e in events if isinstance(e, Established)]
-        assert len(got) == 1, events
-        return got[0]
-
-    def closed(self, side: str) -> Closed:
-        events = self.server_events if side == "s" else self.client_events
-        got = [e for e in events if isinstance(e, Closed)]
-        assert len(got) == 1, events
-        return got[0]
-
-
-def pump(srv: ServerHandshake, cli: ClientHandshake, hello: bytes | None = None,
-         max_steps: int = 2000) -> Trace:
-    """Lock-step exchange: one message to the client, one to the server, and so on."""
-    tr = Trace()
-    to_client: deque[SendMessage] = deque()
-    to_server: deque[SendMessage] = deque()
-    start = srv.start()
-    assert all(isinstance(o, SendMessage) for o in start)
-    to_client.extend(start)  # type: ignore[arg-type]
-    if hello is not None:
-        to_client = deque([SendMessage(hello)])
-    assert cli.start() == []
-    for _ in range(max_steps):
-        if not to_client and not to_server:
-            return tr
-        if to_client:
-            m = to_client.popleft()
-            fds = [os.dup(m.fd)] if m.fd is not None else []
-            tr.to_client_fds.extend(fds)
-            outs = cli.receive(m.data, fds)
-            s = sends(outs)
-            tr.client_replies.append((m.data[0], len(s)))
-            for o in s:
-                tr.client_msgs.append(decode_message(o.data))
-                tr.client_fds.append(o.fd)
-            to_server.extend(s)
-            tr.client_events.extend(o for o in outs if not isinstance(o, SendMessage))
-        if to_server:
-            m = to_server.popleft()
-            fds = [os.dup(m.fd)] if m.fd is not None else []
-            tr.to_server_fds.extend(fds)
-            outs = srv.receive(m.data, fds)
-            s = sends(outs)
-            tr.server_replies.append((m.data[0], len(s)))
-            to_client.extend(s)
-            tr.server_events.extend(o for o in outs if not isinstance(o, SendMessage))
-    raise AssertionError("handshake did not settle")
-
-
-def session_fds(session: Session) -> set[int]:
-    return ({r.fd for r in session.regions if r.fd >= 0} | set(session.rx_eventfds)
-            | set(session.tx_eventfds))
 
 
 class Peer:
@@ -255,16 +154,6 @@ class Peer:
         outs = srv.receive(self.init(**init_kw))
         assert decoded(outs) == [MsgAck()], outs
         assert decoded(srv.receive(self.add_region(), self.region_fd())) == [MsgAck()]
-
-
-def established_pair(num_queue_pairs: int = 1, log2: int = 4, bsize: int = 256,
-                     cache_line: int = 64, **target_kw: object) -> tuple[Trace, Session, Session]:
-    srv = make_server({5: Target(cache_line_size=cache_line, **target_kw)})  # type: ignore[arg-type]
-    cli = ClientHandshake(ClientConfig(id=5, num_queue_pairs=num_queue_pairs, log2_ring_size=log2,
-                                       buffer_size=bsize, cache_line=cache_line, if_name=b"cli0",
-                                       app_name=b"client-app"))
-    tr = pump(srv, cli)
-    return tr, tr.session("s"), tr.session("c")
 
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import sys
 
 import dpkt
 import pytest
-import test_tools as tt  # the tools harness (processes, pcap reading, the testpmd fixture)
+import test_tools as tt  # the tools harness (processes, pcap reading)
 from test_tools import Tool, env, finish, read_pcap, run, start, tool_async, wait_path
 
 from memif_aio import Arguments, Socket
@@ -31,12 +31,11 @@ from memif_aio.cli import packet as pk
 from memif_aio.cli.gen import IMIX, Flows
 from memif_aio.cli.replay import flow_queue, scan, schedule
 from memif_aio.cli.traffic import Pacer
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing.testpmd import TestPmd
 
 pytestmark = pytest.mark.timeout(90)
 
 tools = tt.tools  # fixture: tools started by a test are stopped and reaped
-dpdk = tt.dpdk  # fixture: dpdk-testpmd (fails under CI=true when missing)
 
 LOOPS = pytest.mark.parametrize("loop", ["--uvloop", "--no-uvloop"], ids=["uvloop", "asyncio"])
 

@@ -30,12 +30,11 @@ from scapy.sendrecv import AsyncSniffer, sendp, sniff
 
 from memif_aio import Arguments, InterfaceMode, NotConnected, Socket
 from memif_aio.scapy import MemifSocket
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing.testpmd import TestPmd
 
 pytestmark = pytest.mark.timeout(60)
 
 tools = tt.tools  # fixture: tools started by a test are stopped and checked
-dpdk = tt.dpdk  # fixture: dpdk-testpmd, or skip (fail under CI=true)
 
 PRIVATE_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "private-asyncio": asyncio.new_event_loop,

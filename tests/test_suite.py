@@ -92,7 +92,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 LEAKY_TEST = '''
 import os, shutil, subprocess
 import pytest
-from memif_aio.testpmd import runtime_dir
+from memif_aio.testing.testpmd import runtime_dir
 
 @pytest.fixture
 def reaper():  # set up before no_leaks, so torn down after its checks

@@ -33,8 +33,7 @@ from memif_aio import Arguments, Socket
 from memif_aio.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, Capture, PcapWriter, capture
 from memif_aio.cli import packet as pk
 from memif_aio.cli.status import StatusEndpoint, find_endpoints, format_show, query_status
-from memif_aio.testpmd import TestPmd, find_testpmd
-from memif_aio.testpmd import kill_all as kill_all_testpmd
+from memif_aio.testing.testpmd import TestPmd
 from memif_aio.wire import InterfaceMode
 
 # every test, the real-peer ones included: no fd, mapping, child process or DPDK runtime
@@ -857,31 +856,6 @@ def test_library_logs_nothing_unless_configured(sock_dir: str) -> None:
 
 
 # --- DPDK testpmd ------------------------------------------------------------------------------
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-@pytest.fixture
-def dpdk(sock_dir: str) -> Iterator[str]:
-    """dpdk-testpmd (fails under CI=true when missing, skips otherwise); this process
-    and the tools it starts run on CPU 0, away from testpmd's polling CPU."""
-    path = find_testpmd()
-    if path is None:
-        msg = ("dpdk-testpmd not found: install dpdk-dev librte-net-memif23 "
-               "librte-mempool-ring23 (or set MEMIF_AIO_TESTPMD)")
-        if _ci():
-            pytest.fail(msg + " [CI=true: the interop tests must run]", pytrace=False)
-        pytest.skip(msg)
-    before = os.sched_getaffinity(0)
-    if (os.cpu_count() or 1) > 1 and 0 in before:
-        os.sched_setaffinity(0, {0})
-    try:
-        yield path
-    finally:
-        os.sched_setaffinity(0, before)
-        assert not kill_all_testpmd(), "testpmd left running"
 
 
 async def tool_async(sock_dir: str, *args: str) -> asyncio.subprocess.Process:

@@ -1,9 +1,11 @@
 """Fixtures for the interoperability tests against DPDK ``dpdk-testpmd`` (net_memif).
 
-* ``testpmd``: the path of ``dpdk-testpmd``.  When it is missing the tests skip with
-  the Debian packages to install, except under CI (``CI=true``), where they fail:
-  CI must install DPDK (``.ci/run`` does).
-* CPU placement: testpmd busy-polls one whole CPU; :mod:`memif_aio.testpmd` pins it
+* ``dpdk`` (tests/conftest.py): the path of ``dpdk-testpmd``.  When it is missing the
+  tests skip with the Debian packages to install, except under CI (``CI=true``), where
+  they fail: CI must install DPDK (``.ci/run`` does).  One home for that check:
+  :func:`memif_aio.testing.plugin.require_testpmd`, which the plugin's ``testpmd``
+  fixture uses too.
+* CPU placement: testpmd busy-polls one whole CPU; :mod:`memif_aio.testing.testpmd` pins it
   to the last CPU, and each test here pins the event loop thread to CPU 0 (restored
   afterwards) so that the two never share a CPU on a 2-core machine.
 * Leftovers: after each test no testpmd started by it may still run, and no
@@ -22,24 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memif_aio import testpmd as tpmod
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-@pytest.fixture(scope="session")
-def testpmd() -> str:
-    path = tpmod.find_testpmd()
-    if path is None:
-        packages = " ".join(tpmod.DEBIAN_PACKAGES)
-        msg = ("dpdk-testpmd not found: the DPDK interop tests need it. On Debian/Ubuntu: "
-               f"apt-get install {packages} (or set MEMIF_AIO_TESTPMD to its path)")
-        if _ci():
-            pytest.fail(msg + " [CI=true: the interop tests must run in CI]", pytrace=False)
-        pytest.skip(msg)
-    return path
+from memif_aio.testing import testpmd as tpmod
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 directory, no socket directory, no ``/var/run/dpdk/memif_aio_<pid>_*``.
 
 ``atexit`` does not run on SIGTERM.  Two handlers cover it: the test session's
-(tests/conftest.py) and the driver's own (:mod:`memif_aio.testpmd`, installed while a
+(tests/conftest.py) and the driver's own (:mod:`memif_aio.testing.testpmd`, installed while a
 testpmd runs, for scripts and benchmarks).  Each is tested in a child process that
 starts testpmd through the driver and reports what it made; the child is then sent
 SIGTERM and everything it reported must be gone.
@@ -23,7 +23,7 @@ import time
 import pytest
 from leaks import dpdk_runtime_dirs
 
-from memif_aio import testpmd as tpmod
+from memif_aio.testing import testpmd as tpmod
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -34,7 +34,7 @@ TESTS = os.path.join(ROOT, "tests")
 REPORT = """
 def report(tp, sock_dir):
     import json, os, sys
-    from memif_aio.testpmd import runtime_dir
+    from memif_aio.testing.testpmd import runtime_dir
     print("READY " + json.dumps({"testpmd": tp.pid, "workdir": tp.workdir,
                                  "runtime": runtime_dir(tp.prefix), "sock_dir": sock_dir,
                                  "socket": tp.socket, "pid": os.getpid()}), flush=True)
@@ -43,7 +43,7 @@ def report(tp, sock_dir):
 #: run by pytest in the child: the session's handler (and the driver's) are in place
 VICTIM_TEST = REPORT + """
 import asyncio, os
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing.testpmd import TestPmd
 
 async def test_victim(sock_dir):
     async with TestPmd("server", os.path.join(sock_dir, "memif.sock"),
@@ -55,7 +55,7 @@ async def test_victim(sock_dir):
 #: a plain script: only the driver's handler
 VICTIM_SCRIPT = REPORT + """
 import asyncio, os, sys, tempfile
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing.testpmd import TestPmd
 
 async def main():
     sock_dir = sys.argv[1]
@@ -129,7 +129,7 @@ def assert_nothing_left(info: dict[str, object], output: str,
     assert not tpmod.unix_listening(str(info["socket"]))
 
 
-async def test_sigterm_to_the_test_session_cleans_up(testpmd: str, no_leaks: None) -> None:
+async def test_sigterm_to_the_test_session_cleans_up(dpdk: str, no_leaks: None) -> None:
     with tempfile.TemporaryDirectory(prefix="memif-aio-victim-") as tmp:
         with open(os.path.join(tmp, "test_victim.py"), "w") as f:
             f.write(textwrap.dedent(VICTIM_TEST))
@@ -143,7 +143,7 @@ async def test_sigterm_to_the_test_session_cleans_up(testpmd: str, no_leaks: Non
         assert_nothing_left(info, output)
 
 
-async def test_sigterm_to_a_driver_script_cleans_up(testpmd: str, no_leaks: None) -> None:
+async def test_sigterm_to_a_driver_script_cleans_up(dpdk: str, no_leaks: None) -> None:
     with tempfile.TemporaryDirectory(prefix="memif-aio-victim-") as tmp:
         script = os.path.join(tmp, "victim.py")
         with open(script, "w") as f:
@@ -166,7 +166,7 @@ def test_importing_the_driver_changes_nothing() -> None:
         calls = []
         real = atexit.register
         atexit.register = lambda f, *a, **k: (calls.append(f), real(f, *a, **k))[1]
-        import memif_aio.testpmd as t
+        import memif_aio.testing.testpmd as t
         assert signal.getsignal(signal.SIGTERM) is before, "SIGTERM handler at import"
         assert t.kill_all not in calls, calls
         assert not t._guarded

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from memif_aio import Arguments, Disconnected, Interface, MemoryConfig, Socket, TxQueue
-from memif_aio.testpmd import TestPmd, unix_listening
+from memif_aio.testing.testpmd import TestPmd, unix_listening
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -203,7 +203,7 @@ def assert_clean_queues(itf: Interface) -> None:
 # --- 1. echo -----------------------------------------------------------------------------
 @ROLES
 @pytest.mark.both_loops
-async def test_macswap_echo_10000_mixed_frames(role: str, testpmd: str, sock_path: str) -> None:
+async def test_macswap_echo_10000_mixed_frames(role: str, dpdk: str, sock_path: str) -> None:
     async with link(role, sock_path, forward_mode="macswap") as (itf, tp):
         probes = await warm_up(itf)
         sizes = mixed_sizes(10_000, seed=1)
@@ -226,7 +226,7 @@ async def test_macswap_echo_10000_mixed_frames(role: str, testpmd: str, sock_pat
 
 # --- 2. testpmd txonly -> memif_aio ---------------------------------------------------
 @ROLES
-async def test_txonly_counts_agree(role: str, testpmd: str, sock_path: str) -> None:
+async def test_txonly_counts_agree(role: str, dpdk: str, sock_path: str) -> None:
     """Receive testpmd's txonly stream for a second, then stop reading: once its TX
     counter has stopped moving (our ring is full), freeze testpmd, drain the ring, and
     compare everything we got with testpmd's TX counter."""
@@ -262,7 +262,7 @@ async def test_txonly_counts_agree(role: str, testpmd: str, sock_path: str) -> N
 
 # --- 3. memif_aio -> testpmd rxonly ---------------------------------------------------
 @ROLES
-async def test_rxonly_counts_every_packet(role: str, testpmd: str, sock_path: str) -> None:
+async def test_rxonly_counts_every_packet(role: str, dpdk: str, sock_path: str) -> None:
     async with link(role, sock_path, forward_mode="rxonly") as (itf, tp):
         sizes = mixed_sizes(20_000, seed=3)
         tx = itf.get_tx_queue(0)
@@ -287,7 +287,7 @@ async def wait_reason(itf: Interface, timeout: float = 10.0) -> str:
     return itf.get_disconnect_reason()
 
 
-async def test_secret_py_slave(testpmd: str, sock_path: str) -> None:
+async def test_secret_py_slave(dpdk: str, sock_path: str) -> None:
     """DPDK server with a secret: a wrong or missing secret is refused with DPDK's
     reason, the right one connects and carries traffic."""
     async with TestPmd("server", sock_path, secret="s3cret") as tp, Socket(sock_path) as sock:
@@ -306,7 +306,7 @@ async def test_secret_py_slave(testpmd: str, sock_path: str) -> None:
         assert tp.connections == 1  # the refused attempts never got a link
 
 
-async def test_secret_py_master(testpmd: str, sock_path: str) -> None:
+async def test_secret_py_master(dpdk: str, sock_path: str) -> None:
     """memif_aio master with a secret: DPDK clients with a wrong or missing secret are
     refused (each reports our reason), the right one connects and carries traffic."""
     async with Socket(sock_path) as sock:
@@ -328,7 +328,7 @@ async def test_secret_py_master(testpmd: str, sock_path: str) -> None:
 
 # --- 5. abstract socket ----------------------------------------------------------------
 @ROLES
-async def test_abstract_socket(role: str, testpmd: str, abstract_name: str,
+async def test_abstract_socket(role: str, dpdk: str, abstract_name: str,
                                sock_dir: str) -> None:
     async with link(role, "@" + abstract_name) as (itf, _tp):
         assert unix_listening("@" + abstract_name)
@@ -340,7 +340,7 @@ async def test_abstract_socket(role: str, testpmd: str, abstract_name: str,
 
 # --- 6. two queue pairs ---------------------------------------------------------------
 @ROLES
-async def test_two_queue_pairs(role: str, testpmd: str, sock_path: str) -> None:
+async def test_two_queue_pairs(role: str, dpdk: str, sock_path: str) -> None:
     """Traffic on both queue pairs at once; each frame comes back on its own queue.
     The memif_aio master is configured with 1 queue pair and learns 2 from the DPDK
     client; the memif_aio slave must ask for exactly the DPDK server's 2."""
@@ -362,7 +362,7 @@ async def test_two_queue_pairs(role: str, testpmd: str, sock_path: str) -> None:
         assert_clean_queues(itf)
 
 
-async def test_queue_count_must_match_dpdk_server(testpmd: str, sock_path: str) -> None:
+async def test_queue_count_must_match_dpdk_server(dpdk: str, sock_path: str) -> None:
     """A slave asking for more queue pairs than the DPDK server has is refused with
     DPDK's reason.  (The other way round, the memif_aio master follows the DPDK
     client's count: see test_two_queue_pairs[py-master].)"""
@@ -375,7 +375,7 @@ async def test_queue_count_must_match_dpdk_server(testpmd: str, sock_path: str) 
 
 # --- 7. negotiation ------------------------------------------------------------------------
 @ROLES
-async def test_client_ring_and_buffer_size_apply_to_both(role: str, testpmd: str,
+async def test_client_ring_and_buffer_size_apply_to_both(role: str, dpdk: str,
                                                          sock_path: str) -> None:
     """The client's rsize 12 (4096 slots) and bsize 1024 rule both ends.
 
@@ -428,7 +428,7 @@ async def wait_down(itf: Interface, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_reconnect_py_slave_to_restarted_dpdk_server(testpmd: str,
+async def test_reconnect_py_slave_to_restarted_dpdk_server(dpdk: str,
                                                            sock_path: str) -> None:
     async with Socket(sock_path) as sock:
         itf = sock.new_interface(Arguments(id=0, is_master=False, reconnect_min_delay=0.05,
@@ -452,7 +452,7 @@ async def test_reconnect_py_slave_to_restarted_dpdk_server(testpmd: str,
         assert itf.stats().connections == 2
 
 
-async def test_reconnect_new_dpdk_client_to_py_master(testpmd: str, sock_path: str) -> None:
+async def test_reconnect_new_dpdk_client_to_py_master(dpdk: str, sock_path: str) -> None:
     async with Socket(sock_path) as sock:
         itf = sock.new_interface(Arguments(id=0, is_master=True))
         for k in range(2):
@@ -467,7 +467,7 @@ async def test_reconnect_new_dpdk_client_to_py_master(testpmd: str, sock_path: s
 # --- 9. chained buffers ----------------------------------------------------------------------
 @ROLES
 @pytest.mark.parametrize("mbuf_size", [None, 9216], ids=["mbuf-2048", "mbuf-9216"])
-async def test_chained_9000_byte_frames_echo(role: str, mbuf_size: int | None, testpmd: str,
+async def test_chained_9000_byte_frames_echo(role: str, mbuf_size: int | None, dpdk: str,
                                              sock_path: str) -> None:
     """9000-byte frames over 2048-byte memif buffers (5 descriptors each) both ways,
     byte-exact, mixed with sizes around the buffer boundaries.  testpmd holds them in
@@ -517,7 +517,7 @@ def jumbo_pieces(lengths: Sequence[int]) -> tuple[int, int, list[int]]:
 @pytest.mark.parametrize("variant", ["segments", "big-mbuf"])
 @pytest.mark.parametrize("log2_ring", [11, 10], ids=["ring2048", "ring1024"])
 async def test_jumbo_txonly_at_full_rate(role: str, variant: str, log2_ring: int,
-                                         testpmd: str, sock_path: str) -> None:
+                                         dpdk: str, sock_path: str) -> None:
     """testpmd txonly sends 9000-byte frames as fast as our ring drains: from 5 chained
     2048-byte mbufs (``--txpkts=2048,2048,2048,2048,808``) or from one 9216-byte mbuf
     (``--mbuf-size=9216 --txpkts=9000``); either way each frame takes 5 descriptors.

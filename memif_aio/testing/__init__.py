@@ -1,0 +1,1 @@
+"""Test helpers for memif_aio users: a pytest plugin and a DPDK testpmd driver."""
