@@ -388,6 +388,8 @@ class S2MProducer(_ClientRing, _Producer):
         used = (head - self.idx[self._tail_i]) & 0xFFFF
         length = len(pkt)
         if used >= self.size or not 0 < length <= self.bsize:
+            if used == self.size and 0 < length <= self.bsize:
+                return False  # full, and it fits one buffer: it fits once there is room
             return self.write_burst((pkt,)) == 1
         s = head & self.mask
         o = self.slot_offsets[s]
@@ -828,6 +830,8 @@ class M2SProducer(_Producer):
                     d32[b32 + _L32] = length
                     self._publish(tail + 1, 1, length)
                     return True
+        elif not n and 0 < len(pkt) <= self._bsize:
+            return False  # nothing posted, and it fits one announced buffer: wait for room
         return self.write_burst((pkt,)) == 1
 
     def reserve(self, count: int, size: int) -> list[memoryview] | None:
