@@ -7,6 +7,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
 
+from .memory import MAX_REGION_SIZE, ClientLayout
 from .wire import MAX_LOG2_RING_SIZE, NAME_SIZE, SECRET_SIZE, InterfaceMode, RingLayout
 
 DEFAULT_SOCKET_FILENAME = "/run/vpp/memif.sock"
@@ -60,10 +61,9 @@ class MemoryConfig:
 
     def region_size(self, cache_line: int = 64) -> int:
         """Bytes of the single region a slave creates with this configuration (§6.4)."""
-        rings = 2 * self.num_queue_pairs
-        R = 1 << self.log2_ring_size
-        return rings * RingLayout.for_cache_line(cache_line).ring_size(self.log2_ring_size) + \
-            rings * R * self.packet_buffer_size
+        n = self.num_queue_pairs
+        return ClientLayout(n, n, self.log2_ring_size, self.packet_buffer_size,
+                            RingLayout.for_cache_line(cache_line)).region_size
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +128,7 @@ class Arguments:
             raise ValueError(f"rx_mode must be an RxMode, not {self.rx_mode!r}") from None
         if self.cache_line_size not in (64, 128):
             raise ValueError("cache_line_size must be 64 or 128")
-        if self.memory_config.region_size(self.cache_line_size) > 1 << 32:
+        if self.memory_config.region_size(self.cache_line_size) > MAX_REGION_SIZE:
             raise ValueError("memory_config needs a region above 4 GiB, which memif cannot address")
         for name in ("handshake_timeout", "reconnect_min_delay", "reconnect_max_delay"):
             v = getattr(self, name)

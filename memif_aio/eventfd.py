@@ -67,8 +67,18 @@ class SpinningEventfd(StuckEventfd):
 
 
 # ----------------------------------------------------------------------------
-# fds: creation and checks (one home for the eventfd helpers)
+# fds: creation, checks and closing (the one home of the fd helpers)
 # ----------------------------------------------------------------------------
+def close_fds(fds: list[int]) -> None:
+    """Close every fd of ``fds`` (ignoring those already closed) and empty the list."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
 def new_eventfd() -> int:
     """An eventfd of ours for a ring (what every reference client creates, §2.5)."""
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

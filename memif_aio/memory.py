@@ -1,4 +1,5 @@
-"""Shared memory: memfd regions, mmap, seals, and the client's layout math.
+"""Shared memory: memfd regions, mmap, seals, and the client's layout math (the only copy:
+:meth:`MemoryConfig.region_size <memif_aio.MemoryConfig.region_size>` asks :class:`ClientLayout`).
 
 The client (slave) creates every region and ring (protocol reference §6).  The
 server (master) only maps what it is given, after checking the fd (§12.3).
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolViolation
+from .eventfd import close_fds as close_fds  # its home; re-exported for protocol/transport
 from .wire import COOKIE, DESC_SIZE, DESC_STRUCT, U32, RingLayout
 
 # Linux fcntl numbers, absent from older Python builds' fcntl module.
@@ -197,11 +199,3 @@ class ClientLayout:
                     DESC_STRUCT.pack_into(buf, desc0 + DESC_SIZE * slot, 0, 0, self.buffer_size,
                                           self.buffer_offset(ring_type, index, slot), 0)
 
-
-def close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    fds.clear()

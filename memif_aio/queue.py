@@ -407,10 +407,7 @@ class RxQueue(Queue):
         if views is None:
             return
         self._leased = None
-        for v in views:
-            if isinstance(v, memoryview):
-                with contextlib.suppress(BufferError):  # exported on (e.g. PickleBuffer): it
-                    v.release()  # stays valid and keeps the mapping until it is let go
+        _release_views(views)
         if self._dead is None:
             self._ring.end_lease()
             self._spins = 0
@@ -448,9 +445,8 @@ class TxQueue(Queue):
         return self._signals
 
     def _release(self) -> None:
-        if self._reserved is not None:
-            for v in self._reserved:
-                v.release()
+        if self._reserved is not None:  # views must go before the mapping does
+            _release_views(self._reserved)
         if self._interrupt is not None:
             self._interrupt.close()
             self._interrupt = None
@@ -545,8 +541,7 @@ class TxQueue(Queue):
             self._reserved = None
             copies = [bytes(v[:n]) for v, n in zip(views, res.lengths)] \
                 if ok and self._taps and self._dead is None else []
-            for v in views:
-                v.release()
+            _release_views(views)
             if ok:
                 lengths = res.lengths
                 if len(lengths) > count or (lengths and (min(lengths) <= 0 or
@@ -617,6 +612,16 @@ class TxQueue(Queue):
                 n = self._write(packets)
         self._budget -= n
         return n
+
+
+def _release_views(views: Iterable[Any]) -> None:
+    """Release the memoryviews among ``views`` into shared memory.  One the user exported
+    on (a ``PickleBuffer``, a NumPy array) cannot be released: it stays valid and keeps the
+    mapping until the user lets go of it (docs/concepts.md, Zero copy)."""
+    for v in views:
+        if isinstance(v, memoryview):
+            with contextlib.suppress(BufferError):
+                v.release()
 
 
 class Reservation(list):  # type: ignore[type-arg]

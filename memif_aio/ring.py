@@ -97,11 +97,15 @@ def check_ring_geometry(regions: list[Region], region: int, offset: int, log2_ri
 
 
 class _Ring:
-    """Common state: index and descriptor views, and the ring geometry."""
+    """Common state: index and descriptor views, the ring geometry, and ``_pos``,
+    the index this endpoint moves (a producer's published index, a consumer's read
+    cursor)."""
 
     __slots__ = (
         "_flags_i",
         "_head_i",
+        "_pos",
+        "_pub_i",
         "_tail_i",
         "_zeros16",
         "buf",
@@ -117,6 +121,8 @@ class _Ring:
         "size",
         "stats",
     )
+    _pos: int  #: set by each subclass
+    _pub_i: int  #: producers: where ``_pos`` is published (``head`` or ``tail``)
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout) -> None:
@@ -181,20 +187,121 @@ class _Ring:
         return d16[b16 + _F16], d16[b16 + _R16], d32[b32 + _L32], d32[b32 + _O32]
 
 
-class _ClientRing(_Ring):
-    """A ring the client created: it knows each slot's own buffer (its private shadow)."""
+class _Producer(_Ring):
+    """What both transmitters share: publishing ``_pos`` (S2M ``head``, M2S ``tail``)."""
 
-    __slots__ = ("_bsize_arr", "_offs_arr", "bsize", "mm", "slot_offsets", "view")
+    __slots__ = ()
+
+    def _publish(self, pos: int, n: int, nbytes: int) -> None:
+        """Move our index to ``pos`` (one aligned 16-bit store) and count ``n`` packets."""
+        self._pos = pos = pos & 0xFFFF
+        self.idx[self._pub_i] = pos
+        st = self.stats
+        st.packets += n
+        st.bytes += nbytes
+
+
+class _Consumer(_Ring):
+    """What both receivers share: the chain reassembler and the accounting of a read.
+
+    A subclass gives :meth:`_segment` (one descriptor, validated) and :meth:`_consumed`
+    (what happens to the slots read: given back, or held by a zero-copy lease)."""
+
+    __slots__ = ()
+    #: the ring's direction, for error messages
+    _dir = ""
+
+    def _segment(self, s: int, zero_copy: bool) -> tuple[int, Any]:
+        """Read descriptor ``s`` once; return ``(flags, data or None if invalid)``."""
+        raise NotImplementedError
+
+    def _consumed(self, start: int, zero_copy: bool) -> None:
+        raise NotImplementedError
+
+    def _took(self, cur: int, got: int, nbytes: int, bad: int, zero_copy: bool) -> None:
+        """The read cursor moves to ``cur``: ``got`` packets, ``bad`` dropped."""
+        start = self._pos
+        self._pos = cur & 0xFFFF
+        st = self.stats
+        st.packets += got
+        st.bytes += nbytes
+        if bad:
+            st.bad_descriptors += bad
+            st.drops += bad
+        self._consumed(start, zero_copy)
+
+    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool = False) -> int:
+        """Per descriptor: reassemble chains, drop (and count) invalid packets."""
+        cur = start = self._pos
+        end = cur + n
+        mask = self.mask
+        segment = self._segment
+        got = nbytes = bad = 0
+        while got < max_packets and cur < end:
+            parts: list[Any] = []
+            ok = True
+            c = cur
+            flags = total = 0
+            while c < end:
+                flags, data = segment(c & mask, zero_copy)
+                c += 1
+                if data is None:
+                    ok = False
+                    parts = []
+                elif ok:
+                    total += len(data)
+                    if total > MAX_PACKET_SIZE:  # drop it, and stop buffering it
+                        ok = False
+                        parts = []
+                    else:
+                        parts.append(data)
+                if not flags & DESC_FLAG_NEXT:
+                    break
+            if flags & DESC_FLAG_NEXT:
+                # incomplete chain: wait for the rest, unless it can never end
+                if n >= self.size:
+                    raise ProtocolViolation(f"{self._dir} chain longer than the ring")
+                break
+            cur = c
+            if ok:
+                pkt = parts[0] if len(parts) == 1 else b"".join(parts)
+                out.append(pkt)
+                nbytes += len(pkt)
+                got += 1
+            else:
+                bad += 1
+        if cur != start:
+            # Clear the flags of what we consumed before giving the slots back.  Not asked by
+            # the protocol, but DPDK's transmitter (22.11 and later) never clears the NEXT bit
+            # of a packet's first descriptor, so a slot that once held a chain segment would
+            # glue a later single-slot packet to the next one.  The slots are still ours (the
+            # index that gives them back has not moved) and every producer rewrites the other
+            # fields, so this is safe.
+            d16 = self.d16
+            for c in range(start, start + ((cur - start) & 0xFFFF)):
+                d16[(c & mask) * _W16 + _F16] = 0
+            self._took(cur, got, nbytes, bad, zero_copy)
+        return got
+
+
+class _ClientRing(_Ring):
+    """A ring the client created: it knows each slot's own buffer (its private shadow).
+
+    The client's rings and buffers all live in its one region, region 0 (§6.4)."""
+
+    __slots__ = ("_bsize_arr", "_offs_arr", "bsize", "mm", "slot_offsets")
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
-                 layout: RingLayout, buffer_offsets: list[int], buffer_size: int) -> None:
+                 layout: RingLayout, buffer_offsets: Sequence[int], buffer_size: int) -> None:
+        if region != 0:
+            raise ValueError("a client's rings live in its region 0")
         super().__init__(regions, region, offset, log2_ring_size, layout)
         if len(buffer_offsets) != self.size:
             raise ValueError("one buffer offset per slot is required")
         self.bsize = buffer_size
         self.slot_offsets = list(buffer_offsets)
         self.mm = regions[region].mm
-        self.view = regions[region].view
         self._offs_arr = memoryview(array.array("I", self.slot_offsets))
         self._bsize_arr = memoryview(array.array("I", [buffer_size] * self.size))
 
@@ -203,34 +310,34 @@ class _ClientRing(_Ring):
         self.mm = CLOSED_MAPPING  # no reference of ours keeps a closed region's mapping alive
 
     def _post_run(self, s: int, n: int, lengths: Any) -> None:
-        """Write descriptors of slots ``s..s+n`` (no wrap): our region, our buffer,
+        """Write descriptors of slots ``s..s+n`` (no wrap): region 0, our buffer,
         ``lengths``, flags 0.  We own these slots, so every field is rewritten."""
         d16 = self.d16
         d32 = self.d32
         e16 = (s + n) * _W16
         e32 = (s + n) * _W32
-        d16[s * _W16 + _F16:e16:_W16] = self._zeros16[:n]
-        if self.region_index == 0:
-            d16[s * _W16 + _R16:e16:_W16] = self._zeros16[:n]
-        else:
-            for k in range(s, s + n):
-                d16[k * _W16 + _R16] = self.region_index
+        zeros = self._zeros16[:n]
+        d16[s * _W16 + _F16:e16:_W16] = zeros
+        d16[s * _W16 + _R16:e16:_W16] = zeros
         d32[s * _W32 + _O32:e32:_W32] = self._offs_arr[s:s + n]
         d32[s * _W32 + _L32:e32:_W32] = lengths
 
 
-class S2MProducer(_ClientRing):
-    """Client transmit (S2M).  Only we write ``head``; the server writes ``tail``."""
+class S2MProducer(_ClientRing, _Producer):
+    """Client transmit (S2M).  Only we write ``head`` (``_pos``); the server writes ``tail``."""
 
-    __slots__ = ("_head",)
+    __slots__ = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head = 0
+    def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
+                 layout: RingLayout, buffer_offsets: Sequence[int], buffer_size: int) -> None:
+        super().__init__(regions, region, offset, log2_ring_size, layout, buffer_offsets,
+                         buffer_size)
+        self._pub_i = self._head_i
+        self._pos = 0
         self.idx[self._head_i] = 0
 
     def free_slots(self) -> int:
-        used = (self._head - self.idx[self._tail_i]) & 0xFFFF
+        used = (self._pos - self.idx[self._tail_i]) & 0xFFFF
         if used > self.size:
             raise ProtocolViolation("S2M tail moved outside [head - ring size, head]")
         return self.size - used
@@ -252,7 +359,7 @@ class S2MProducer(_ClientRing):
         if not free:
             _check_fits(packets, start, self.size * self.bsize, self.bsize)
             return 0
-        head = self._head
+        head = self._pos
         k = min(free, total)
         batch = packets[start:start + k] if (start or k < len(packets)) else packets
         lens = list(map(len, batch))
@@ -277,10 +384,12 @@ class S2MProducer(_ClientRing):
 
     def write_one(self, pkt: Any) -> bool:
         """Publish one packet if there is room: the per-packet fast path of ``write_burst``."""
-        head = self._head
+        head = self._pos
         used = (head - self.idx[self._tail_i]) & 0xFFFF
         length = len(pkt)
         if used >= self.size or not 0 < length <= self.bsize:
+            if used == self.size and 0 < length <= self.bsize:
+                return False  # full, and it fits one buffer: it fits once there is room
             return self.write_burst((pkt,)) == 1
         s = head & self.mask
         o = self.slot_offsets[s]
@@ -290,14 +399,10 @@ class S2MProducer(_ClientRing):
         d16 = self.d16
         d32 = self.d32
         d16[b16 + _F16] = 0
-        d16[b16 + _R16] = self.region_index
+        d16[b16 + _R16] = 0
         d32[b32 + _O32] = o
         d32[b32 + _L32] = length
-        self._head = head = (head + 1) & 0xFFFF
-        self.idx[self._head_i] = head
-        st = self.stats
-        st.packets += 1
-        st.bytes += length
+        self._publish(head + 1, 1, length)
         return True
 
     def reserve(self, count: int, size: int) -> list[memoryview] | None:
@@ -310,11 +415,11 @@ class S2MProducer(_ClientRing):
             raise ValueError(f"count must be within 1..{self.size}")
         if self.free_slots() < count:
             return None
-        head = self._head
+        head = self._pos
         mask = self.mask
         offs = self.slot_offsets
-        view = self.view
-        return [view[offs[(head + i) & mask]:offs[(head + i) & mask] + size]
+        buf = self.buf
+        return [buf[offs[(head + i) & mask]:offs[(head + i) & mask] + size]
                 for i in range(count)]
 
     def commit(self, lengths: Sequence[int]) -> None:
@@ -324,7 +429,7 @@ class S2MProducer(_ClientRing):
             return
         if min(lengths) <= 0 or max(lengths) > self.bsize:
             raise ValueError("each length must be within 1..buffer size")
-        head = self._head
+        head = self._pos
         s = head & self.mask
         run = min(k, self.size - s)
         self._post_run(s, run, array.array("I", lengths[:run]))
@@ -332,17 +437,10 @@ class S2MProducer(_ClientRing):
             self._post_run(0, k - run, array.array("I", lengths[run:]))
         self._publish(head + k, k, sum(lengths))
 
-    def _publish(self, head: int, n: int, nbytes: int) -> None:
-        self._head = head & 0xFFFF
-        self.idx[self._head_i] = self._head  # publish (single aligned 16-bit store)
-        st = self.stats
-        st.packets += n
-        st.bytes += nbytes
-
     def _write_slow(self, packets: Packets, start: int, free: int) -> int:
         """Per packet, chaining packets longer than one buffer."""
         _check_fits(packets, start, self.size * self.bsize, self.bsize)
-        head = self._head
+        head = self._pos
         mask = self.mask
         bsize = self.bsize
         mm = self.mm
@@ -384,19 +482,22 @@ class S2MProducer(_ClientRing):
         return n
 
 
-class M2SConsumer(_ClientRing):
+class M2SConsumer(_ClientRing, _Consumer):
     """Client receive (M2S).  We post our buffers (``head``); the server fills (``tail``).
 
     ``region``/``offset`` of a filled slot are never read back from shared
     memory: the private shadow says where our buffer is (§12.7).
     """
 
-    __slots__ = ("_cons", "_head", "_held", "_refill_batch")
+    __slots__ = ("_head", "_held", "_refill_batch")
+    _dir = "M2S"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
+                 layout: RingLayout, buffer_offsets: Sequence[int], buffer_size: int) -> None:
+        super().__init__(regions, region, offset, log2_ring_size, layout, buffer_offsets,
+                         buffer_size)
         self._head = 0
-        self._cons = 0
+        self._pos = 0
         self._refill_batch = max(1, min(32, self.size // 4))
         self._held: int | None = None  # first slot of a zero-copy lease
         self.idx[self._head_i] = 0
@@ -408,7 +509,7 @@ class M2SConsumer(_ClientRing):
         Slots handed out by a zero-copy read stay ours until :meth:`end_lease`.
         """
         head = self._head
-        done = self._cons if self._held is None else self._held
+        done = self._pos if self._held is None else self._held
         k = self.size - ((head - done) & 0xFFFF)
         if k < minimum or k <= 0:
             return 0
@@ -417,7 +518,7 @@ class M2SConsumer(_ClientRing):
             b16 = s * _W16
             b32 = s * _W32
             self.d16[b16 + _F16] = 0
-            self.d16[b16 + _R16] = self.region_index
+            self.d16[b16 + _R16] = 0
             self.d32[b32 + _O32] = self.slot_offsets[s]
             self.d32[b32 + _L32] = self.bsize
             self._head = (head + 1) & 0xFFFF
@@ -433,12 +534,12 @@ class M2SConsumer(_ClientRing):
 
     def ready(self) -> bool:
         """Cheap check (no validation): has the server filled anything we have not read?"""
-        return self.idx[self._tail_i] != self._cons
+        return self.idx[self._tail_i] != self._pos
 
     def available(self) -> int:
         tail = self.idx[self._tail_i]
-        n = (tail - self._cons) & 0xFFFF
-        if n > ((self._head - self._cons) & 0xFFFF):
+        n = (tail - self._pos) & 0xFFFF
+        if n > ((self._head - self._pos) & 0xFFFF):
             raise ProtocolViolation("M2S tail moved past the buffers we posted")
         return n
 
@@ -452,12 +553,20 @@ class M2SConsumer(_ClientRing):
         if zero_copy:
             if self._held is None:
                 self._held = start
-        elif self.idx[self._tail_i] == self._cons:
+        elif self.idx[self._tail_i] == self._pos:
             self.refill()  # drained: post everything (the server may need the whole ring)
         else:
             # more to read: post in batches (as DPDK does), not one slot per read; the
             # next read, at the latest the one that drains the ring, posts the rest
             self.refill(self._refill_batch)
+
+    def _segment(self, s: int, zero_copy: bool) -> tuple[int, Any]:
+        flags = self.d16[s * _W16 + _F16]
+        length = self.d32[s * _W32 + _L32]
+        if 0 < length <= self.bsize:
+            o = self.slot_offsets[s]
+            return flags, (self.buf if zero_copy else self.mm)[o:o + length]
+        return flags, None
 
     def read_burst(self, max_packets: int, out: MutableSequence[Any],
                    zero_copy: bool = False) -> int:
@@ -470,8 +579,8 @@ class M2SConsumer(_ClientRing):
         n = self.available()
         if not n:
             return 0
-        start = cons = self._cons
-        src = self.view if zero_copy else self.mm
+        cons = self._pos
+        src = self.buf if zero_copy else self.mm
         want = min(n, max_packets)
         got = nbytes = 0
         while got < want:  # at most two runs: before and after the ring wraps
@@ -497,93 +606,42 @@ class M2SConsumer(_ClientRing):
             got += run
             nbytes += lens_sum
         if got:
-            self._cons = cons & 0xFFFF
-            st = self.stats
-            st.packets += got
-            st.bytes += nbytes
-            self._consumed(start, zero_copy)
+            self._took(cons, got, nbytes, 0, zero_copy)
             return got
         return self._read_slow(n, max_packets, out, zero_copy)
 
-    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[Any],
-                   zero_copy: bool = False) -> int:
-        cons = start = self._cons
-        mask = self.mask
-        mm = self.view if zero_copy else self.mm
-        offs = self.slot_offsets
-        bsize = self.bsize
-        got = nbytes = bad = 0
-        end = cons + n
-        while got < max_packets and cons < end:
-            parts = []
-            ok = True
-            c = cons
-            flags = total = 0
-            while c < end:
-                s = c & mask
-                flags, _r, length, _o = self._desc(s)
-                c += 1
-                total += length
-                if ok and 0 < length <= bsize and total <= MAX_PACKET_SIZE:
-                    o = offs[s]
-                    parts.append(mm[o:o + length])
-                else:
-                    ok = False
-                    parts = []
-                if not flags & DESC_FLAG_NEXT:
-                    break
-            if flags & DESC_FLAG_NEXT:
-                # incomplete chain: wait for the rest, unless it can never end
-                if n >= self.size:
-                    raise ProtocolViolation("M2S chain longer than the ring")
-                break
-            cons = c
-            if ok:
-                pkt = parts[0] if len(parts) == 1 else b"".join(parts)
-                out.append(pkt)
-                nbytes += len(pkt)
-                got += 1
-            else:
-                bad += 1
-        if cons != self._cons:
-            self._cons = cons & 0xFFFF
-            st = self.stats
-            st.packets += got
-            st.bytes += nbytes
-            st.bad_descriptors += bad
-            st.drops += bad
-            self._consumed(start, zero_copy)
-        return got
 
-
-class S2MConsumer(_Ring):
+class S2MConsumer(_Consumer):
     """Server receive (S2M).  The client writes ``head`` and descriptors; we write ``tail``."""
 
-    __slots__ = ("_cur", "_held")
+    __slots__ = ("_held",)
+    _dir = "S2M"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cur = self.tail
-        self._held = False  # a zero-copy lease keeps tail behind _cur
+    def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
+                 layout: RingLayout) -> None:
+        super().__init__(regions, region, offset, log2_ring_size, layout)
+        self._pos = self.tail
+        self._held: int | None = None  # first slot of a zero-copy lease: tail stays there
 
     def end_lease(self) -> None:
         """End a zero-copy lease: give the leased slots back to the client."""
-        if self._held:
-            self._held = False
-            self.idx[self._tail_i] = self._cur
+        if self._held is not None:
+            self._held = None
+            self.idx[self._tail_i] = self._pos
 
-    def _consumed(self, zero_copy: bool) -> None:
+    def _consumed(self, start: int, zero_copy: bool) -> None:
         if zero_copy:
-            self._held = True
-        elif not self._held:
-            self.idx[self._tail_i] = self._cur  # release the slots
+            if self._held is None:
+                self._held = start
+        elif self._held is None:
+            self.idx[self._tail_i] = self._pos  # release the slots
 
     def ready(self) -> bool:
         """Cheap check (no validation): has the client published anything we have not read?"""
-        return self.idx[self._head_i] != self._cur
+        return self.idx[self._head_i] != self._pos
 
     def available(self) -> int:
-        n = (self.idx[self._head_i] - self._cur) & 0xFFFF
+        n = (self.idx[self._head_i] - self._pos) & 0xFFFF
         if n > self.size:
             raise ProtocolViolation("S2M head ran more than a ring ahead of tail")
         return n
@@ -599,7 +657,7 @@ class S2MConsumer(_Ring):
         n = self.available()
         if not n:
             return 0
-        cur = self._cur
+        cur = self._pos
         regions = self.regions
         nregions = len(regions)
         want = min(n, max_packets)
@@ -639,16 +697,11 @@ class S2MConsumer(_Ring):
             got += run
             nbytes += lens_sum
         if got:
-            self._cur = cur & 0xFFFF
-            st = self.stats
-            st.packets += got
-            st.bytes += nbytes
-            self._consumed(zero_copy)
+            self._took(cur, got, nbytes, 0, zero_copy)
             return got
         return self._read_slow(n, max_packets, out, zero_copy)
 
-    def _segment(self, s: int, zero_copy: bool = False) -> tuple[int, Any]:
-        """Read descriptor ``s`` once; return ``(flags, data or None if invalid)``."""
+    def _segment(self, s: int, zero_copy: bool) -> tuple[int, Any]:
         flags, region, length, offset = self._desc(s)
         regions = self.regions
         if region < len(regions) and 0 < length <= MAX_DESC_LENGTH:
@@ -657,83 +710,31 @@ class S2MConsumer(_Ring):
                 return flags, (r.view if zero_copy else r.mm)[offset:offset + length]
         return flags, None
 
-    def _read_slow(self, n: int, max_packets: int, out: MutableSequence[Any],
-                   zero_copy: bool = False) -> int:
-        cur = self._cur
-        end = cur + n
-        mask = self.mask
-        got = nbytes = bad = 0
-        while got < max_packets and cur < end:
-            parts: list[bytes] = []
-            ok = True
-            c = cur
-            flags = total = 0
-            while c < end:
-                flags, data = self._segment(c & mask, zero_copy)
-                c += 1
-                if data is None:
-                    ok = False
-                elif ok:
-                    total += len(data)
-                    if total > MAX_PACKET_SIZE:  # drop it, and stop buffering it
-                        ok = False
-                        parts = []
-                    else:
-                        parts.append(data)
-                if not flags & DESC_FLAG_NEXT:
-                    break
-            if flags & DESC_FLAG_NEXT:
-                if n >= self.size:
-                    raise ProtocolViolation("S2M chain longer than the ring")
-                break  # incomplete chain: the rest has not been published yet
-            cur = c
-            if ok:
-                pkt = parts[0] if len(parts) == 1 else b"".join(parts)
-                out.append(pkt)
-                nbytes += len(pkt)
-                got += 1
-            else:
-                bad += 1
-        if cur != self._cur:
-            # Clear the flags of what we consumed before giving the slots back.  Not asked by
-            # the protocol, but DPDK's transmitter (22.11 and later) never clears the NEXT bit
-            # of a packet's first descriptor, so a slot that once held a chain segment would
-            # glue a later single-slot packet to the next one.  The slots are still ours (tail
-            # has not moved) and every producer rewrites the other fields, so this is safe.
-            d16 = self.d16
-            for c in range(self._cur, self._cur + ((cur - self._cur) & 0xFFFF)):
-                d16[(c & mask) * _W16 + _F16] = 0
-            self._cur = cur & 0xFFFF
-            self._consumed(zero_copy)
-            st = self.stats
-            st.packets += got
-            st.bytes += nbytes
-            st.bad_descriptors += bad
-            st.drops += bad
-        return got
 
-
-class M2SProducer(_Ring):
-    """Server transmit (M2S).  The client posts buffers (``head``); we fill and move ``tail``.
+class M2SProducer(_Producer):
+    """Server transmit (M2S).  The client posts buffers (``head``); we fill and move ``tail``
+    (``_pos``).
 
     The capacity of each buffer is the ``length`` the client posted; we never
     change ``region`` or ``offset`` (§7.3), and write ``flags`` and ``length``
     as separate fields.
     """
 
-    __slots__ = ("_bsize", "_tail")
+    __slots__ = ("_bsize",)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tail = self.tail
+    def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
+                 layout: RingLayout) -> None:
+        super().__init__(regions, region, offset, log2_ring_size, layout)
+        self._pub_i = self._tail_i
+        self._pos = self.tail
         # The buffer size the client announced: it initialises every descriptor's length
-        # with it (§6.5).  Only used to refuse at once a packet that could never fit the
-        # ring, even while no buffer is posted; anything out of range means "unknown".
+        # with it (§6.5).  Used to refuse at once a packet (or a reservation) that could
+        # never fit, even while no buffer is posted; anything out of range means "unknown".
         cap = int(self.d32[_L32])
         self._bsize = cap if 0 < cap <= MAX_DESC_LENGTH else MAX_DESC_LENGTH
 
     def free_slots(self) -> int:
-        n = (self.idx[self._head_i] - self._tail) & 0xFFFF
+        n = (self.idx[self._head_i] - self._pos) & 0xFFFF
         if n > self.size:
             raise ProtocolViolation("M2S head ran more than a ring ahead of tail")
         return n
@@ -764,7 +765,7 @@ class M2SProducer(_Ring):
         if not free:
             _check_fits(packets, start, self.size * self._bsize, self._bsize)
             return 0
-        tail = self._tail
+        tail = self._pos
         d16 = self.d16
         d32 = self.d32
         done = nbytes = 0
@@ -809,7 +810,7 @@ class M2SProducer(_Ring):
 
     def write_one(self, pkt: Any) -> bool:
         """Fill one posted buffer if there is one: the per-packet fast path of ``write_burst``."""
-        tail = self._tail
+        tail = self._pos
         n = (self.idx[self._head_i] - tail) & 0xFFFF
         if n and n <= self.size:
             s = tail & self.mask
@@ -827,33 +828,36 @@ class M2SProducer(_Ring):
                     r.mm[o:o + length] = pkt
                     d16[b16 + _F16] = 0
                     d32[b32 + _L32] = length
-                    self._tail = tail = (tail + 1) & 0xFFFF
-                    self.idx[self._tail_i] = tail
-                    st = self.stats
-                    st.packets += 1
-                    st.bytes += length
+                    self._publish(tail + 1, 1, length)
                     return True
+        elif not n and 0 < len(pkt) <= self._bsize:
+            return False  # nothing posted, and it fits one announced buffer: wait for room
         return self.write_burst((pkt,)) == 1
 
     def reserve(self, count: int, size: int) -> list[memoryview] | None:
         """Writable views of ``count`` posted buffers, ``size`` bytes each (zero-copy
         transmit), or None while fewer are posted.  Nothing is published until
-        :meth:`commit`.  A posted buffer smaller than ``size`` raises
-        :class:`PacketTooLarge`."""
+        :meth:`commit`.
+
+        Raises :class:`PacketTooLarge` at once, posted buffers or not, when ``size`` is
+        above the buffer size the client announced, or when a buffer it posted (among the
+        first ``count``) is smaller than ``size``: waiting would never end."""
         if size <= 0:
             raise ValueError("size must be positive")
+        if size > self._bsize:
+            raise PacketTooLarge(f"reserve size {size} above the peer's {self._bsize}-byte "
+                                 "buffers")
         if not 0 < count <= self.size:
             raise ValueError(f"count must be within 1..{self.size}")
-        if self.free_slots() < count:
-            return None
-        tail = self._tail
-        views = []
-        for i in range(count):
-            r, offset, cap = self._target((tail + i) & self.mask)
+        tail = self._pos
+        targets = [self._target((tail + i) & self.mask)
+                   for i in range(min(count, self.free_slots()))]
+        for _r, _offset, cap in targets:
             if cap < size:
                 raise PacketTooLarge(f"the peer posted a {cap}-byte buffer; {size} requested")
-            views.append(r.view[offset:offset + size])
-        return views
+        if len(targets) < count:
+            return None
+        return [r.view[offset:offset + size] for r, offset, _cap in targets]
 
     def commit(self, lengths: Sequence[int]) -> None:
         """Publish the first ``len(lengths)`` reserved buffers with these lengths
@@ -862,7 +866,7 @@ class M2SProducer(_Ring):
             return
         if min(lengths) <= 0:
             raise ValueError("each length must be positive")
-        tail = self._tail
+        tail = self._pos
         d16 = self.d16
         d32 = self.d32
         for i, length in enumerate(lengths):
@@ -871,15 +875,8 @@ class M2SProducer(_Ring):
             d32[s * _W32 + _L32] = length
         self._publish(tail + len(lengths), len(lengths), sum(lengths))
 
-    def _publish(self, tail: int, n: int, nbytes: int) -> None:
-        self._tail = tail & 0xFFFF
-        self.idx[self._tail_i] = self._tail
-        st = self.stats
-        st.packets += n
-        st.bytes += nbytes
-
     def _write_slow(self, packets: Packets, start: int, free: int) -> int:
-        tail = self._tail
+        tail = self._pos
         n = nbytes = 0
         for i in range(start, len(packets)):
             pkt = packets[i]

@@ -291,3 +291,97 @@ async def test_slave_posting_buffers_below_its_size_gets_a_short_count(sock_path
         with pytest.raises(PacketTooLarge):
             await asyncio.wait_for(tx.write_burst(burst[2:]), T)
         assert mem.receive(0, repost=False) == []
+
+
+@pytest.mark.parametrize("sender", ["slave", "master"])
+@pytest.mark.parametrize("full", [False, True], ids=["empty", "full"])
+async def test_reserve_above_the_buffer_size_raises_at_once(sock_path: str, no_leaks: None,
+                                                            sender: str, full: bool) -> None:
+    """``reserve(n, size)`` with ``size`` above the buffer size can never be served (a
+    reservation is never chained).  Before, a master waited (until ``tx_timeout``) while
+    no posted buffer was free, and raised only when one was."""
+    async with master(sock_path) as (sock, m):
+        s = sock.new_interface(Arguments(id=0, is_master=False, name="s", memory_config=RING,
+                                         **FAST))
+        await asyncio.wait_for(asyncio.gather(m.wait_connected(), s.wait_connected()), T)
+        tx_itf, rx_itf = (s, m) if sender == "slave" else (m, s)
+        tx, rx = tx_itf.get_tx_queue(0), rx_itf.get_rx_queue(0)
+        sent = [b"f%d" % i for i in range(8)] if full else []
+        if sent:
+            assert tx.write_burst_nowait(sent) == len(sent)
+        with pytest.raises(PacketTooLarge):
+            async with asyncio.timeout(T):
+                async with tx.reserve(1, 2049):
+                    raise AssertionError("reserved a buffer larger than any")
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            got.extend(await asyncio.wait_for(rx.read_burst(64), T))
+        assert got == sent
+        async with asyncio.timeout(T):  # the largest reservation still goes through
+            async with tx.reserve(1, 2048) as bufs:
+                bufs[0][:] = b"R" * 2048
+        assert await asyncio.wait_for(rx.read_packet(), T) == b"R" * 2048
+        assert tx.stats().packets == len(sent) + 1
+
+
+async def test_reserve_above_what_the_slave_posted_raises_at_once(sock_path: str,
+                                                                  no_leaks: None) -> None:
+    """A hostile slave announces 2048-byte buffers and posts two 100-byte ones.  A master
+    asked for four 900-byte buffers raises at once: waiting for the other two would not
+    make the first two larger.  Before, it waited while fewer than four were posted."""
+    async with master(sock_path) as (_sock, itf), \
+            hostile_slave(sock_path, itf, log2_ring_size=3) as (_hc, mem):
+        assert mem.post(0, 2) == 2
+        for j in range(2):
+            mem.m2s[0].set_desc(j, length=100)
+        tx = itf.get_tx_queue(0)
+        with pytest.raises(PacketTooLarge):
+            async with asyncio.timeout(T):
+                async with tx.reserve(4, 900):
+                    raise AssertionError("reserved buffers larger than those posted")
+        async with asyncio.timeout(T):  # what does fit them is served
+            async with tx.reserve(2, 100) as bufs:
+                bufs[0][:] = b"a" * 100
+                bufs[1][:] = b"b" * 100
+        assert mem.receive(0, repost=False) == [b"a" * 100, b"b" * 100]
+        assert tx.stats().packets == 2
+
+
+@pytest.mark.parametrize("sender", ["slave", "master"])
+async def test_link_down_during_reservation_with_an_exported_view(sock_path: str,
+                                                                   no_leaks: None,
+                                                                   sender: str) -> None:
+    """The link goes down while the application holds a buffer it exported from a
+    reserved view (a ``PickleBuffer``, a NumPy array).  Before, the queue's teardown
+    raised ``BufferError`` releasing that view, and stopped there: the transmit
+    interrupt and its fd were left behind.  Now the exported view stays valid (it keeps
+    the mapping) until the application lets go of it; the block raises Disconnected."""
+    async with master(sock_path) as (sock, m):
+        s = sock.new_interface(Arguments(id=0, is_master=False, name="s", memory_config=RING,
+                                         **FAST))
+        await asyncio.wait_for(asyncio.gather(m.wait_connected(), s.wait_connected()), T)
+        tx_itf, rx_itf = (s, m) if sender == "slave" else (m, s)
+        tx, rx = tx_itf.get_tx_queue(0), rx_itf.get_rx_queue(0)
+        await asyncio.wait_for(tx.write_packet(b"first"), T)  # the interrupt now exists
+        assert await asyncio.wait_for(rx.read_packet(), T) == b"first"
+        assert tx.stats().interrupts >= 1
+        maps0 = held_memfd_mappings()
+        exported: list[Any] = []
+        with pytest.raises(Disconnected):
+            async with asyncio.timeout(T):
+                async with tx.reserve(2, 64) as bufs:
+                    exported.append(pickle.PickleBuffer(bufs[0]))
+                    await tx_itf.disconnect()
+                    await until(lambda: not m.is_connected() and not s.is_connected(),
+                                "the link to go down")
+                    assert not tx.is_connected()
+        # the region the reservation was in stays mapped while the export lives
+        memoryview(exported[0])[:5] = b"still"
+        assert bytes(exported[0].raw()[:5]) == b"still"
+        assert held_memfd_mappings() == maps0 - 1
+        exported[0].release()
+        exported.clear()
+        del bufs
+        assert held_memfd_mappings() == maps0 - 2
+        with pytest.raises(Disconnected):
+            tx.write_packet_nowait(b"after")
