@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolViolation
-from .eventfd import close_fds as close_fds  # its home; re-exported for protocol/transport
 from .wire import COOKIE, DESC_SIZE, DESC_STRUCT, U32, RingLayout
 
 # Linux fcntl numbers, absent from older Python builds' fcntl module.

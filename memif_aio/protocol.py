@@ -88,8 +88,8 @@ from typing import Any, Generic, TypeVar, Union
 
 from .config import DEFAULT_PACKET_BUFFER_SIZE, MemoryConfig
 from .errors import ProtocolViolation
-from .eventfd import check_peer_eventfd, new_eventfd
-from .memory import ClientLayout, Region, close_fds
+from .eventfd import check_peer_eventfd, close_fds, new_eventfd
+from .memory import MAX_REGION_SIZE, ClientLayout, Region
 from .ring import (
     M2SConsumer,
     M2SProducer,
@@ -775,7 +775,7 @@ class ClientHandshake(_Machine[ClientState]):
                                     "is too small")
         self.peer_name = msg.name
         layout = ClientLayout(ns, nm, log2, cfg.buffer_size, self.ring_layout)
-        if layout.region_size > 1 << 32:
+        if layout.region_size > MAX_REGION_SIZE:
             raise ProtocolViolation("memory configuration exceeds the 4 GiB a region can address")
         try:
             region = Region.create(layout.region_size, f"memif_aio{cfg.id} region 0")

@@ -16,7 +16,7 @@ import logging
 import socket
 from typing import Protocol
 
-from .memory import close_fds
+from .eventfd import close_fds
 from .wire import MSG_SIZE
 
 log = logging.getLogger("memif_aio")
