@@ -66,6 +66,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..address import is_socket, remove_stale_socket, unix_listening
+
 __all__ = [
     "DEBIAN_PACKAGES",
     "PortStats",
@@ -167,21 +169,6 @@ def default_cpu() -> int:
     """The CPU testpmd is pinned to by default: the last one, so CPU 0 stays for Python."""
     n = os.cpu_count() or 1
     return n - 1 if n > 1 else 0
-
-
-def unix_listening(name: str) -> bool:
-    """True if a listening AF_UNIX socket named ``name`` exists (``@x`` for abstract)."""
-    try:
-        with open("/proc/net/unix") as f:
-            next(f, None)
-            for line in f:
-                parts = line.split()
-                # flags 00010000 = __SO_ACCEPTCON (listening)
-                if len(parts) >= 8 and parts[3] == "00010000" and parts[7] == name:
-                    return True
-    except OSError:
-        pass
-    return False
 
 
 class TestPmd:
@@ -389,7 +376,7 @@ class TestPmd:
         if self.role == "server" and not self.abstract:
             # a crash or SIGKILL leaves the socket file behind
             with contextlib.suppress(OSError):
-                if _is_socket(self.socket) and not unix_listening(self.socket):
+                if is_socket(self.socket) and not unix_listening(self.socket):
                     os.unlink(self.socket)
 
     def pause(self) -> None:
@@ -585,23 +572,15 @@ def _killpg(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _is_socket(path: str) -> bool:
-    import stat
-
-    try:
-        return stat.S_ISSOCK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
 def _remove_stale(path: str) -> None:
-    """Remove a socket (or plain file) left at ``path``: DPDK would not listen otherwise."""
+    """Remove a socket file a dead process left at ``path`` (DPDK would not listen
+    otherwise); refuse a live listener or something that is not a socket."""
     if unix_listening(path):
         raise TestPmdError(f"something is already listening on {path}")
-    with contextlib.suppress(FileNotFoundError):
-        if os.path.isdir(path):
-            raise TestPmdError(f"{path} is a directory")
-        os.unlink(path)
+    try:
+        remove_stale_socket(path)
+    except OSError as exc:
+        raise TestPmdError(f"cannot serve {path}: {exc.strerror or exc}") from None
 
 
 def kill_all() -> list[int]:
