@@ -12,6 +12,7 @@ import asyncio
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+import test_tools as tt  # the tools harness (memif-aio commands as processes)
 
 import memif_aio.address as address
 from memif_aio import Arguments, Interface, Socket
@@ -31,6 +33,8 @@ from memif_aio.testing.plugin import in_ci as ci  # not conftest's: see tests/le
 from memif_aio.testing.testpmd import TestPmd
 
 pytestmark = pytest.mark.timeout(90)
+
+tools = tt.tools  # fixture: the memif-aio commands a test starts are stopped and reaped
 
 T = 15.0
 
@@ -402,3 +406,55 @@ async def test_testpmd_inside_a_namespace(role: str, make_netns: Callable[[], st
         await tp.wait_connected(T)
         await echo(itf)
         assert itf.stats().netns == ns
+
+
+# --- the command line: --socket takes the same strings -------------------------------------------
+
+@pytest.mark.parametrize("form", ["name", "pid"])
+def test_cli_socket_strings_reach_a_namespace(make_netns: Callable[[], str], sock_dir: str,
+                                              tools: list[Any], no_leaks: None,
+                                              form: str) -> None:
+    """``memif-aio responder --socket abstract:NAME,netns_name=NS`` listens inside NS, and
+    ``memif-aio ping`` reaches it with the same string (or the ``netns_pid=`` form naming a
+    process in NS); nothing listens in our own namespace."""
+    ns = make_netns()
+    name = unique()
+    sock = f"abstract:{name},netns_name={ns}"
+    resp = tt.start(tools, sock_dir, "responder", "--socket", sock, "--role", "master",
+                    "--timeout", "0")
+    resp.wait_for("answering for")
+    deadline = time.monotonic() + T
+    while not listening_in(ns, "@" + name):
+        assert time.monotonic() < deadline, "the responder never listened in the namespace"
+        time.sleep(0.05)
+    assert not address.unix_listening("@" + name)
+    holder = None
+    if form == "pid":  # a process that lives in NS names it
+        holder = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "60"])
+        try:
+            deadline = time.monotonic() + T
+            while os.readlink(f"/proc/{holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+                assert time.monotonic() < deadline, "the holder never entered the namespace"
+                time.sleep(0.02)
+        except BaseException:
+            holder.kill()
+            holder.wait(10)
+            raise
+        sock = f"abstract:{name},netns_pid={holder.pid}"
+    try:
+        r = tt.run(sock_dir, "ping", "--socket", sock, "-c", "3", "-i", "0.05")
+        assert r.returncode == 0, r.stdout + r.stderr
+        tt.check_ping_output(r.stdout, 3)
+        # the wrong namespace: a clear refusal, naming it
+        other = make_netns()
+        r = tt.run(sock_dir, "ping", "--socket", f"abstract:{name},netns_name={other}", "-c",
+                   "1", "--timeout", "1")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert other in r.stderr, r.stderr
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait(10)
+        resp.signal(signal.SIGINT)
+        rc, _out, _err = resp.finish()
+    assert rc == 0
