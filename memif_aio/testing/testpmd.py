@@ -76,6 +76,7 @@ __all__ = [
     "find_testpmd",
     "kill_all",
     "runtime_dir",
+    "unix_listening",
 ]
 
 #: Debian/Ubuntu packages that provide ``dpdk-testpmd`` with the memif PMD
