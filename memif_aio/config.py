@@ -176,7 +176,7 @@ class Arguments:
             if not self.is_master:
                 raise ValueError('cache_line_size="auto" is for masters: a slave lays out '
                                  "the rings, so it needs 64 or 128")
-        elif isinstance(value, bool) or value not in (64, 128):
+        elif isinstance(value, bool) or not isinstance(value, int) or value not in (64, 128):
             raise ValueError('cache_line_size must be 64, 128 or "auto" (masters)')
 
     def layout_cache_line_size(self) -> int:

@@ -218,23 +218,24 @@ def infer_cache_line(rings: list[tuple[str, int, int, int]]) -> int | None:
     by_region: dict[int, list[tuple[int, int, str]]] = {}
     for name, region, offset, log2 in rings:
         by_region.setdefault(region, []).append((offset, log2, name))
-    found: tuple[int, str] | None = None  # (C, where it was seen)
+    # the reason leads with what a peer needs: DISCONNECT carries its first 95 bytes
+    found: tuple[int, int, str] | None = None  # (C, gap, where it was seen)
     for region in sorted(by_region):
         placed = sorted(by_region[region])
         for (off_a, log2_a, name_a), (off_b, _log2_b, name_b) in itertools.pairwise(placed):
             gap = off_b - off_a
             descs = DESC_SIZE << log2_a
-            seen = (f"{name_a} at offset {off_a} and {name_b} at offset {off_b} of region "
-                    f"{region} are {gap} bytes apart")
+            seen = (f"{name_a} at offset {off_a}, {name_b} at offset {off_b} of region "
+                    f"{region}, 2^{log2_a} slots")
             fits = [c for c in CACHE_LINE_SIZES if gap == 2 * c + descs]
             if not fits:
                 expect = " or ".join(f"{2 * c + descs} ({c})" for c in CACHE_LINE_SIZES)
                 raise ProtocolViolation(
-                    f"cannot infer the cache-line size: {seen}, not {expect} for rings of "
-                    f"2^{log2_a} descriptors back to back (set cache_line_size to 64 or 128)")
+                    f"cache line neither 64 nor 128: rings {gap} bytes apart, not {expect} "
+                    f"({seen}); set cache_line_size")
             if found is not None and found[0] != fits[0]:
                 raise ProtocolViolation(
-                    f"cannot infer the cache-line size: {found[1]} (cache line {found[0]}) "
-                    f"but {seen} (cache line {fits[0]})")
-            found = (fits[0], seen)
+                    f"cache line inconsistent: rings {found[1]} bytes apart mean {found[0]}, "
+                    f"{gap} bytes apart {fits[0]} ({found[2]}; {seen})")
+            found = (fits[0], gap, seen)
     return found[0] if found is not None else None
