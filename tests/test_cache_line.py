@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import pytest
+from hostile import HostileClient, PeerMemory
 
 from memif_aio import Arguments, MemoryConfig, Socket, config
 from memif_aio.errors import ProtocolViolation
@@ -36,7 +37,6 @@ from memif_aio.wire import (
     RingLayout,
     RingType,
 )
-from hostile import HostileClient, PeerMemory
 
 T = 5.0
 
