@@ -19,7 +19,10 @@ CACHE_LINE_AUTO = "auto"
 
 
 def default_cache_line_size() -> int:
-    """64 on x86-64 and most hosts; 128 on aarch64, like VPP/libmemif since 24.02 (§6.2)."""
+    """64 on x86-64 and most hosts; 128 on aarch64, like VPP's generic aarch64 build and
+    libmemif since 24.02 (§6.2).  Not every aarch64 peer agrees (VPP's Neoverse and Octeon
+    platform builds, DPDK's Neoverse and Ampere configurations and gomemif use 64): a
+    master infers its peer's by default (``cache_line_size="auto"``)."""
     return 128 if platform.machine().lower() in ("aarch64", "arm64") else 64
 
 
