@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from memif_aio import Arguments, Interface, MemoryConfig, Socket
-from memif_aio.testpmd import TestPmd
+from memif_aio.testing.testpmd import TestPmd
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
