@@ -14,10 +14,15 @@ DEFAULT_SOCKET_FILENAME = "/run/vpp/memif.sock"
 DEFAULT_NUM_QUEUE_PAIRS = 1
 DEFAULT_LOG2_RING_SIZE = 10
 DEFAULT_PACKET_BUFFER_SIZE = 2048
+#: ``Arguments(cache_line_size=CACHE_LINE_AUTO)``: a master infers the slave's layout.
+CACHE_LINE_AUTO = "auto"
 
 
 def default_cache_line_size() -> int:
-    """64 on x86-64 and most hosts; 128 on aarch64, like VPP/libmemif since 24.02 (§6.2)."""
+    """64 on x86-64 and most hosts; 128 on aarch64, like VPP's generic aarch64 build and
+    libmemif since 24.02 (§6.2).  Not every aarch64 peer agrees (VPP's Neoverse and Octeon
+    platform builds, DPDK's Neoverse and Ampere configurations and gomemif use 64): a
+    master infers its peer's by default (``cache_line_size="auto"``)."""
     return 128 if platform.machine().lower() in ("aarch64", "arm64") else 64
 
 
@@ -48,21 +53,43 @@ class MemoryConfig:
     ``log2_ring_size`` 0 (one-slot rings) is legal on the wire and a connected master
     may report it; :class:`Arguments` asks for 1..14.  A master builds the negotiated
     configuration through these same checks: a peer whose rings fail them is refused.
+
+    ``num_rx_queues`` / ``num_tx_queues`` (keywords, 1..256 each) are the queue counts
+    seen from the interface's own side: a slave's rx queues are the M2S rings, its tx
+    queues the S2M rings; a master's rx queues are the S2M rings.  Each defaults to
+    ``num_queue_pairs`` (0 means "not given"), so gomemif's ``NumQueuePairs`` sets both.
+    Once built, ``num_queue_pairs`` reads ``min(num_rx_queues, num_tx_queues)``: the
+    number of complete pairs (``MemoryConfig(num_rx_queues=1, num_tx_queues=2)`` has
+    ``num_queue_pairs == 1``).
     """
 
     num_queue_pairs: int = DEFAULT_NUM_QUEUE_PAIRS
     log2_ring_size: int = DEFAULT_LOG2_RING_SIZE
     packet_buffer_size: int = DEFAULT_PACKET_BUFFER_SIZE
+    num_rx_queues: int = field(default=0, kw_only=True)
+    num_tx_queues: int = field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_int("num_queue_pairs", self.num_queue_pairs, 1, 256)
         _check_int("log2_ring_size", self.log2_ring_size, 0, MAX_LOG2_RING_SIZE)
         _check_int("packet_buffer_size", self.packet_buffer_size, 1, 65535)
+        self._resolve_queue_counts()
+
+    def _resolve_queue_counts(self) -> None:
+        """Each direction defaults to ``num_queue_pairs``; the pairs are then the minimum."""
+        for name in ("num_rx_queues", "num_tx_queues"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+                object.__setattr__(self, name, self.num_queue_pairs)
+            else:
+                _check_int(name, value, 1, 256)
+        object.__setattr__(self, "num_queue_pairs", min(self.num_rx_queues, self.num_tx_queues))
 
     def region_size(self, cache_line: int = 64) -> int:
         """Bytes of the single region a slave creates with this configuration (§6.4)."""
-        n = self.num_queue_pairs
-        return ClientLayout(n, n, self.log2_ring_size, self.packet_buffer_size,
+        # a slave transmits on its S2M rings and receives on its M2S rings
+        return ClientLayout(self.num_tx_queues, self.num_rx_queues, self.log2_ring_size,
+                            self.packet_buffer_size,
                             RingLayout.for_cache_line(cache_line)).region_size
 
 
@@ -86,7 +113,9 @@ class Arguments:
     private_data: Any = None
     # --- extras beyond gomemif ------------------------------------------------
     rx_mode: RxMode = RxMode.INTERRUPT
-    cache_line_size: int = field(default_factory=default_cache_line_size)
+    #: 64 or 128; ``"auto"`` (masters: inferred from the slave's ring layout).  None, the
+    #: default, means ``"auto"`` for a master and :func:`default_cache_line_size` for a slave.
+    cache_line_size: int | str | None = None
     handshake_timeout: float = 10.0
     reconnect_min_delay: float = 0.1
     reconnect_max_delay: float = 2.0
@@ -126,9 +155,8 @@ class Arguments:
             object.__setattr__(self, "rx_mode", RxMode(self.rx_mode))
         except ValueError:
             raise ValueError(f"rx_mode must be an RxMode, not {self.rx_mode!r}") from None
-        if self.cache_line_size not in (64, 128):
-            raise ValueError("cache_line_size must be 64 or 128")
-        if self.memory_config.region_size(self.cache_line_size) > MAX_REGION_SIZE:
+        self._resolve_cache_line_size()
+        if self.memory_config.region_size(self.layout_cache_line_size()) > MAX_REGION_SIZE:
             raise ValueError("memory_config needs a region above 4 GiB, which memif cannot address")
         for name in ("handshake_timeout", "reconnect_min_delay", "reconnect_max_delay"):
             v = getattr(self, name)
@@ -139,6 +167,26 @@ class Arguments:
         if self.tx_timeout is not None and (not isinstance(self.tx_timeout, (int, float))
                                             or self.tx_timeout <= 0):
             raise ValueError("tx_timeout must be None or a positive number of seconds")
+
+
+    def _resolve_cache_line_size(self) -> None:
+        """None becomes ``"auto"`` (master) or the platform's value (slave); §4 of issue 12."""
+        value = self.cache_line_size
+        if value is None:
+            value = CACHE_LINE_AUTO if self.is_master else default_cache_line_size()
+            object.__setattr__(self, "cache_line_size", value)
+        if value == CACHE_LINE_AUTO:
+            if not self.is_master:
+                raise ValueError('cache_line_size="auto" is for masters: a slave lays out '
+                                 "the rings, so it needs 64 or 128")
+        elif isinstance(value, bool) or not isinstance(value, int) or value not in (64, 128):
+            raise ValueError('cache_line_size must be 64, 128 or "auto" (masters)')
+
+    def layout_cache_line_size(self) -> int:
+        """The concrete cache-line size: the configured one, or (``"auto"``) the platform's
+        value, which a master in auto mode falls back to when the layout shows nothing."""
+        value = self.cache_line_size
+        return value if isinstance(value, int) else default_cache_line_size()
 
 
 def role_to_string(is_master: bool) -> str:

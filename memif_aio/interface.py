@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._text import printable
 from .channel import ControlChannel
-from .config import Arguments, MemoryConfig
+from .config import CACHE_LINE_AUTO, Arguments, MemoryConfig
 from .errors import ConnectionRefused, InterfaceDeleted, MemifError, NotConnected
 from .events import DEFAULT_MAXSIZE, LinkEvent, Subscription, end_all, publish
 from .link import Link
@@ -52,6 +52,9 @@ class InterfaceStats:
     tx: tuple[QueueStats, ...]
     #: the socket's network namespace as the user named it (None: the process's own)
     netns: str | None = None
+    #: the ring layout's cache-line size while connected (a master in auto mode: the one
+    #: it inferred from the slave's layout), else 0
+    cache_line_size: int = 0
 
 
 class Interface:
@@ -190,7 +193,8 @@ class Interface:
             mode=self._args.mode.name.lower(), connections=self._connections,
             last_reason=self._last_reason, memory=self.get_memory_config(), regions=regions,
             rx=tuple(q.stats() for q in self.rx_queues),
-            tx=tuple(q.stats() for q in self.tx_queues), netns=self._socket.netns)
+            tx=tuple(q.stats() for q in self.tx_queues), netns=self._socket.netns,
+            cache_line_size=link.session.cache_line_size if link is not None else 0)
 
     def _state(self) -> str:
         return "connected" if self.is_connected() else (
@@ -318,8 +322,10 @@ class Interface:
         args = self._args
         return ServerTarget(mode=int(args.mode), secret=args.secret,
                             busy=self._channel is not None or self._deleted,
-                            if_name=args.name.encode(), cache_line_size=args.cache_line_size,
-                            require_seal=args.require_seal)
+                            if_name=args.name.encode(),
+                            cache_line_size=args.layout_cache_line_size(),
+                            require_seal=args.require_seal,
+                            infer_cache_line=args.cache_line_size == CACHE_LINE_AUTO)
 
     def _connected_event(self) -> asyncio.Event:
         if self._connected is None:
@@ -428,7 +434,9 @@ class Interface:
         cfg = ClientConfig(id=args.id, mode=int(args.mode), secret=args.secret,
                            app_name=self._socket._app_name, if_name=args.name.encode(),
                            num_queue_pairs=mc.num_queue_pairs, log2_ring_size=mc.log2_ring_size,
-                           buffer_size=mc.packet_buffer_size, cache_line=args.cache_line_size)
+                           buffer_size=mc.packet_buffer_size,
+                           cache_line=args.layout_cache_line_size(),
+                           num_rx_queues=mc.num_rx_queues, num_tx_queues=mc.num_tx_queues)
         channel = ControlChannel(ClientHandshake(cfg), args.handshake_timeout,
                                  on_established=self._on_established,
                                  on_closed=self._channel_closed)
@@ -470,9 +478,10 @@ class Interface:
         self._connect_error = ""
         self._refusal = None
         log.info("interface %d (%s) connected to %r / %r: %d rx, %d tx queues, ring 2^%d, "
-                 "buffer %d", self.get_id(), "master" if self.is_master() else "slave",
-                 self._remote_name, self._peer_name, len(link.rx_queues), len(link.tx_queues),
-                 session.log2_ring_size, session.buffer_size)
+                 "buffer %d, cache line %d", self.get_id(),
+                 "master" if self.is_master() else "slave", self._remote_name, self._peer_name,
+                 len(link.rx_queues), len(link.tx_queues), session.log2_ring_size,
+                 session.buffer_size, session.cache_line_size)
         self._connected_event().set()
         self._finish_attempt(None)
         publish(self._subscribers, LinkEvent("up", "", False, time.time(),

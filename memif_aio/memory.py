@@ -8,6 +8,7 @@ server (master) only maps what it is given, after checking the fd (§12.3).
 from __future__ import annotations
 
 import fcntl
+import itertools
 import mmap
 import os
 import stat
@@ -198,3 +199,43 @@ class ClientLayout:
                     DESC_STRUCT.pack_into(buf, desc0 + DESC_SIZE * slot, 0, 0, self.buffer_size,
                                           self.buffer_offset(ring_type, index, slot), 0)
 
+
+#: The cache-line sizes a ring layout may use (§6.2).
+CACHE_LINE_SIZES = (64, 128)
+
+
+def infer_cache_line(rings: list[tuple[str, int, int, int]]) -> int | None:
+    """The cache-line size C of a client's ring layout, from where its rings are.
+
+    ``rings`` holds ``(name, region, offset, log2_ring_size)`` of every ring the client
+    announced (ADD_RING).  VPP, libmemif, DPDK, gomemif and memif_aio put the rings of
+    a region back to back, so two neighbours in a region lie ``2*C + 16 * 2**log2``
+    bytes apart (§6.4).  Every gap between neighbours must give the same C, 64 or 128.
+    Returns None when no region holds two rings (nothing to infer from); raises
+    :class:`ProtocolViolation` naming the rings and the gap seen when the layout fits
+    neither 64 nor 128 (or fits one here and the other there).
+    """
+    by_region: dict[int, list[tuple[int, int, str]]] = {}
+    for name, region, offset, log2 in rings:
+        by_region.setdefault(region, []).append((offset, log2, name))
+    # the reason leads with what a peer needs: DISCONNECT carries its first 95 bytes
+    found: tuple[int, int, str] | None = None  # (C, gap, where it was seen)
+    for region in sorted(by_region):
+        placed = sorted(by_region[region])
+        for (off_a, log2_a, name_a), (off_b, _log2_b, name_b) in itertools.pairwise(placed):
+            gap = off_b - off_a
+            descs = DESC_SIZE << log2_a
+            seen = (f"{name_a} at offset {off_a}, {name_b} at offset {off_b} of region "
+                    f"{region}, 2^{log2_a} slots")
+            fits = [c for c in CACHE_LINE_SIZES if gap == 2 * c + descs]
+            if not fits:
+                expect = " or ".join(f"{2 * c + descs} ({c})" for c in CACHE_LINE_SIZES)
+                raise ProtocolViolation(
+                    f"cache line neither 64 nor 128: rings {gap} bytes apart, not {expect} "
+                    f"({seen}); set cache_line_size")
+            if found is not None and found[0] != fits[0]:
+                raise ProtocolViolation(
+                    f"cache line inconsistent: rings {found[1]} bytes apart mean {found[0]}, "
+                    f"{gap} bytes apart {fits[0]} ({found[2]}; {seen})")
+            found = (fits[0], gap, seen)
+    return found[0] if found is not None else None

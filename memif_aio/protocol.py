@@ -89,7 +89,7 @@ from typing import Any, Generic, TypeVar, Union
 from .config import DEFAULT_PACKET_BUFFER_SIZE, MemoryConfig
 from .errors import ProtocolViolation
 from .eventfd import check_peer_eventfd, close_fds, new_eventfd
-from .memory import MAX_REGION_SIZE, ClientLayout, Region
+from .memory import MAX_REGION_SIZE, ClientLayout, Region, infer_cache_line
 from .ring import (
     M2SConsumer,
     M2SProducer,
@@ -259,6 +259,8 @@ class Session:
     buffer_size: int
     #: the negotiated geometry, validated by MemoryConfig's own checks
     memory_config: MemoryConfig
+    #: the cache-line size of the ring layout (a master in auto mode: the inferred one)
+    cache_line_size: int = 64
     closed: bool = field(default=False)
 
     def close(self) -> None:
@@ -474,6 +476,10 @@ class ServerTarget:
     if_name: bytes = b""
     cache_line_size: int = 64
     require_seal: bool = True
+    #: infer the client's cache-line size from its ring layout at CONNECT
+    #: (:func:`~memif_aio.memory.infer_cache_line`); ``cache_line_size`` is then the
+    #: fallback for a layout that shows nothing (no region holding two rings)
+    infer_cache_line: bool = False
 
 
 #: Regions one connection may add before CONNECT (a policy below the wire's 256).  Copy-mode
@@ -558,6 +564,8 @@ class ServerHandshake(_Machine[ServerState]):
         self.config = config
         self.layout = RingLayout.for_cache_line(64)  # the interface's own, from INIT on
         self._require_seal = True
+        self._infer_cache_line = False
+        self._fallback_cache_line = 64
         self.interface_id: int | None = None
         self.peer_name = b""
         self._if_name = b""
@@ -619,7 +627,11 @@ class ServerHandshake(_Machine[ServerState]):
                 raise ProtocolViolation("incorrect secret")
         self.interface_id = msg.id
         self._if_name = target.if_name
-        self.layout = RingLayout.for_cache_line(target.cache_line_size)
+        self._infer_cache_line = target.infer_cache_line
+        self._fallback_cache_line = target.cache_line_size
+        # inferring: rings are checked with the smaller layout until CONNECT settles it
+        self.layout = RingLayout.for_cache_line(64 if target.infer_cache_line
+                                                else target.cache_line_size)
         self._require_seal = target.require_seal
         self.peer_name = msg.name
         return [InitAccepted(msg.id, msg.name), self._ack()]
@@ -672,6 +684,8 @@ class ServerHandshake(_Machine[ServerState]):
         m2s = self._rings[RingType.M2S]
         if not s2m or not m2s:
             raise ProtocolViolation("at least one ring per direction is required")
+        if self._infer_cache_line:
+            self._settle_cache_line()
         rx: list[S2MConsumer] = []
         tx: list[M2SProducer] = []
         for ring_msgs, cls, out in ((s2m, S2MConsumer, rx), (m2s, M2SProducer, tx)):
@@ -692,7 +706,9 @@ class ServerHandshake(_Machine[ServerState]):
             for r in (*rx, *tx):
                 validate_initial_indices(r)
             try:  # the negotiated geometry passes MemoryConfig's checks, or the peer is refused
-                memory = MemoryConfig(max(1, min(len(rx), len(tx))), first.log2_ring_size, bsize)
+                memory = MemoryConfig(log2_ring_size=first.log2_ring_size,
+                                      packet_buffer_size=bsize, num_rx_queues=len(rx),
+                                      num_tx_queues=len(tx))
             except ValueError as exc:
                 raise ProtocolViolation(
                     f"unusable rings: rx ring 0 announces {bsize}-byte buffers "
@@ -705,10 +721,32 @@ class ServerHandshake(_Machine[ServerState]):
             is_master=True, regions=self._hand_over(), rx=list(rx), tx=list(tx),
             rx_eventfds=[efd for _m, efd in s2m], tx_eventfds=[efd for _m, efd in m2s],
             peer_name=self.peer_name, peer_if_name=msg.if_name,
-            log2_ring_size=first.log2_ring_size, buffer_size=bsize, memory_config=memory)
+            log2_ring_size=first.log2_ring_size, buffer_size=bsize, memory_config=memory,
+            cache_line_size=self.layout.cache_line)
         self._uncharge()  # the link owns them now: no longer what an unconnected peer holds
         connected = MsgConnected(self._if_name)
         return [Established(session), self._send(connected.encode(), connected.TYPE)]
+
+    def _settle_cache_line(self) -> None:
+        """Auto mode, at CONNECT: infer the client's cache-line size from its ring offsets
+        (the platform value when no region holds two rings), then check every ring again,
+        bounds and overlaps, with the layout inferred (ADD_RING checked the smaller one)."""
+        rings = [(f"{rtype.name} ring {m.index}", m.region, m.offset, m.log2_ring_size)
+                 for rtype in (RingType.S2M, RingType.M2S) for m, _fd in self._rings[rtype]]
+        cache_line = infer_cache_line(rings)
+        if cache_line is None:
+            cache_line = self._fallback_cache_line
+        if cache_line == self.layout.cache_line:
+            return
+        self.layout = RingLayout.for_cache_line(cache_line)
+        spans: list[tuple[int, int, int]] = []
+        for _name, region, offset, log2 in rings:
+            start, end = check_ring_geometry(self._regions, region, offset, log2, self.layout)
+            for r, s, e in spans:
+                if r == region and start < e and s < end:
+                    raise ProtocolViolation(
+                        f"ring overlaps another ring (cache line {cache_line})")
+            spans.append((region, start, end))
 
 
 # ----------------------------------------------------------------------------
@@ -727,6 +765,9 @@ class ClientConfig:
     log2_ring_size: int = 10
     buffer_size: int = 2048
     cache_line: int = 64
+    #: rx (M2S) and tx (S2M) ring counts asked for; 0: ``num_queue_pairs``
+    num_rx_queues: int = 0
+    num_tx_queues: int = 0
 
 
 class ClientHandshake(_Machine[ClientState]):
@@ -767,8 +808,10 @@ class ClientHandshake(_Machine[ClientState]):
         if not msg.min_version <= VERSION <= msg.max_version:
             raise ProtocolViolation("incompatible protocol version")
         cfg = self.config
-        ns = min(cfg.num_queue_pairs, msg.max_s2m_ring + 1)
-        nm = min(cfg.num_queue_pairs, msg.max_m2s_ring + 1)
+        # a slave transmits on S2M rings and receives on M2S rings (§5.2: each direction
+        # is the client's own count, capped by the largest index the server advertises)
+        ns = min(cfg.num_tx_queues or cfg.num_queue_pairs, msg.max_s2m_ring + 1)
+        nm = min(cfg.num_rx_queues or cfg.num_queue_pairs, msg.max_m2s_ring + 1)
         log2 = min(cfg.log2_ring_size, msg.max_log2_ring_size, MAX_USABLE_LOG2_RING_SIZE)
         if log2 < 1:
             raise ProtocolViolation(f"peer's maximum ring size (log2 {msg.max_log2_ring_size}) "
@@ -827,14 +870,15 @@ class ClientHandshake(_Machine[ClientState]):
                 ring = cls(regions, 0, layout.ring_offset(rtype, i), layout.log2_ring_size,
                            self.ring_layout, offsets, layout.buffer_size)
                 out.append(ring)  # type: ignore[arg-type]
-        memory = MemoryConfig(max(1, min(len(rx), len(tx))), layout.log2_ring_size,
-                              layout.buffer_size)
+        memory = MemoryConfig(log2_ring_size=layout.log2_ring_size,
+                              packet_buffer_size=layout.buffer_size, num_rx_queues=len(rx),
+                              num_tx_queues=len(tx))
         session = Session(
             is_master=False, regions=self._hand_over(), rx=list(rx), tx=list(tx),
             rx_eventfds=list(self._m2s_fds), tx_eventfds=list(self._s2m_fds),
             peer_name=self.peer_name, peer_if_name=msg.if_name,
             log2_ring_size=layout.log2_ring_size, buffer_size=layout.buffer_size,
-            memory_config=memory)
+            memory_config=memory, cache_line_size=self.ring_layout.cache_line)
         for ring in rx:
             ring.refill()  # our receive buffers go to the server only now (§7.9)
         return [Established(session)]
