@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from memif_aio.interface import Interface
 from memif_aio.protocol import (
     ClientConfig,
     ClientHandshake,
@@ -202,3 +203,17 @@ def sealed_memfd(size: int = 1 << 16, file_size: int | None = None, extra_seals:
     os.ftruncate(fd, size if file_size is None else file_size)
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | extra_seals)
     return fd
+
+
+async def both_ways(a: Interface, b: Interface, n: int = 16, timeout: float = 10.0) -> None:
+    """``n`` packets a -> b, then ``n`` packets b -> a, in order and intact."""
+    for src, dst in ((a, b), (b, a)):
+        pkts = [bytes([i, src.is_master()]) * (30 + i) for i in range(n)]
+        tx, rx = src.get_tx_queue(0), dst.get_rx_queue(0)
+        done = 0
+        while done < n:
+            done += await tx.write_burst(pkts[done:])
+        got: list[bytes] = []
+        while len(got) < n:
+            got += await asyncio.wait_for(rx.read_burst(n), timeout)
+        assert got == pkts

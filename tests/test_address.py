@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import _harness
 import pytest
 
 from memif_aio import Arguments, Interface, Socket
@@ -246,17 +247,7 @@ async def memif_pair(master_name: str, slave_name: str, *, master_kw: dict[str, 
 
 
 async def both_ways(a: Interface, b: Interface, n: int = 16) -> None:
-    """``n`` packets a -> b, then n packets b -> a, in order and intact."""
-    for src, dst in ((a, b), (b, a)):
-        pkts = [bytes([i, src.is_master()]) * (30 + i) for i in range(n)]
-        tx, rx = src.get_tx_queue(0), dst.get_rx_queue(0)
-        done = 0
-        while done < n:
-            done += await tx.write_burst(pkts[done:])
-        got: list[bytes] = []
-        while len(got) < n:
-            got += await asyncio.wait_for(rx.read_burst(n), T)
-        assert got == pkts
+    await _harness.both_ways(a, b, n, T)
 
 
 @pytest.mark.both_loops

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import _harness
 import pytest
 import test_tools as tt  # the tools harness (memif-aio commands as processes)
 
@@ -106,16 +107,7 @@ async def pair(master: tuple[str, dict[str, Any]], slave: tuple[str, dict[str, A
 
 
 async def both_ways(a: Interface, b: Interface, n: int = 32) -> None:
-    for src, dst in ((a, b), (b, a)):
-        pkts = [bytes([i, src.is_master()]) * (30 + i) for i in range(n)]
-        tx, rx = src.get_tx_queue(0), dst.get_rx_queue(0)
-        done = 0
-        while done < n:
-            done += await tx.write_burst(pkts[done:])
-        got: list[bytes] = []
-        while len(got) < n:
-            got += await asyncio.wait_for(rx.read_burst(n), T)
-        assert got == pkts
+    await _harness.both_ways(a, b, n, T)
 
 
 def no_netns_thread_left() -> None:
