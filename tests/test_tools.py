@@ -709,7 +709,8 @@ def test_show_other_processes(sock_dir: str, tools: list[Tool]) -> None:
         ("slave", "pinger", "connected", "responder", "memif-aio responder")
     for d in (m, s):  # the slave's geometry, negotiated
         assert d["memory"] == {"num_queue_pairs": 1, "log2_ring_size": 8,
-                               "packet_buffer_size": 4096}
+                               "packet_buffer_size": 4096, "num_rx_queues": 1,
+                               "num_tx_queues": 1}
         assert len(d["regions"]) == 1 and d["regions"][0][1] > 2 * 256 * 4096
         assert d["rx"][0]["packets"] >= 5 and d["tx"][0]["packets"] >= 5
     assert (m["rx_mode"], s["rx_mode"]) == ("polling", "interrupt")
