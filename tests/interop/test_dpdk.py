@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+from _frames import ETH_PROBE, describe, frame, swap_macs
 
 from memif_aio import Arguments, Disconnected, Interface, MemoryConfig, Socket, TxQueue
 from memif_aio.testing.testpmd import TestPmd, unix_listening
@@ -36,12 +36,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 ROLES = pytest.mark.parametrize("role", ["master", "slave"], ids=["py-master", "py-slave"])
 
 T_CONNECT = 15.0  # generous: testpmd may share its CPU with other test runs
-DST = bytes.fromhex("020000000002")
-SRC = bytes.fromhex("020000000001")
-ETH_DATA = b"\x88\xb5"  # IEEE local experimental EtherTypes
-ETH_PROBE = b"\x88\xb6"
-HDR = struct.Struct(">BI")  # queue id, sequence number (after the Ethernet header)
-PATTERN = random.Random(20240611).randbytes(1 << 17)
 
 
 async def write_all(tx: TxQueue, packets: list[bytes]) -> None:
@@ -51,29 +45,11 @@ async def write_all(tx: TxQueue, packets: list[bytes]) -> None:
         done += await tx.write_burst(packets[done:])
 
 
-def frame(seq: int, size: int, qid: int = 0, ethertype: bytes = ETH_DATA) -> bytes:
-    """A frame whose every byte follows from (seq, size, qid)."""
-    head = DST + SRC + ethertype + HDR.pack(qid, seq)
-    off = (seq * 7919 + qid * 104729) % (len(PATTERN) - 10000)
-    return head + PATTERN[off:off + size - len(head)]
-
-
-def swap_macs(f: bytes) -> bytes:
-    return f[6:12] + f[0:6] + f[12:]
-
-
 def mixed_sizes(n: int, seed: int, lo: int = 60, hi: int = 1514) -> list[int]:
     rnd = random.Random(seed)
     sizes = [rnd.randint(lo, hi) for _ in range(n)]
     sizes[0], sizes[-1] = lo, hi
     return sizes
-
-
-def describe(p: bytes) -> str:
-    if len(p) >= 19 and p[12:14] in (ETH_DATA, ETH_PROBE):
-        qid, seq = HDR.unpack_from(p, 14)
-        return f"{len(p)} bytes, queue {qid}, seq {seq}"
-    return f"{len(p)} bytes: {p[:20].hex()}"
 
 
 @asynccontextmanager

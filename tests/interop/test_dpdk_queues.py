@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+from _frames import ETH_PROBE, describe, frame, swap_macs
 
 from memif_aio import Arguments, Interface, MemoryConfig, Socket
 from memif_aio.testing.testpmd import TestPmd
@@ -40,29 +40,6 @@ ROLES = pytest.mark.parametrize("role", ["master", "slave"], ids=["py-master", "
 SHAPES = pytest.mark.parametrize("rxq,txq", [(1, 2), (2, 1), (2, 3)],
                                  ids=["rxq1-txq2", "rxq2-txq1", "rxq2-txq3"])
 T_CONNECT = 15.0
-DST = bytes.fromhex("020000000002")
-SRC = bytes.fromhex("020000000001")
-ETH_DATA = b"\x88\xb5"
-ETH_PROBE = b"\x88\xb6"
-HDR = struct.Struct(">BI")  # queue id, sequence number
-PATTERN = random.Random(20261202).randbytes(1 << 16)
-
-
-def frame(seq: int, size: int, qid: int, ethertype: bytes = ETH_DATA) -> bytes:
-    head = DST + SRC + ethertype + HDR.pack(qid, seq)
-    off = (seq * 7919 + qid * 104729) % (len(PATTERN) - 2000)
-    return head + PATTERN[off:off + size - len(head)]
-
-
-def swap_macs(f: bytes) -> bytes:
-    return f[6:12] + f[0:6] + f[12:]
-
-
-def describe(p: bytes) -> str:
-    if len(p) >= 19 and p[12:14] in (ETH_DATA, ETH_PROBE):
-        qid, seq = HDR.unpack_from(p, 14)
-        return f"{len(p)} bytes, {p[12:14].hex()}, queue {qid}, seq {seq}"
-    return f"{len(p)} bytes: {p[:20].hex()}"
 
 
 @asynccontextmanager
