@@ -29,7 +29,7 @@ from typing import Any
 import dpkt
 import pytest
 
-from memif_aio import Arguments, Socket
+from memif_aio import Arguments, MemoryConfig, Socket
 from memif_aio.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, Capture, PcapWriter, capture
 from memif_aio.cli import packet as pk
 from memif_aio.cli.status import StatusEndpoint, find_endpoints, format_show, query_status
@@ -790,6 +790,19 @@ async def test_status_endpoint_library(sock_path: str, no_leaks: None) -> None:
         assert doc["interfaces"] == [] and doc["app"] == "abs"
     assert find_endpoints(name) == []
 
+
+
+async def test_format_show_unequal_queues(sock_path: str, no_leaks: None) -> None:
+    """Unequal rx and tx counts are shown as such (queue-pairs only when they are equal)."""
+    async with Socket(sock_path) as sock:
+        mc = MemoryConfig(num_rx_queues=1, num_tx_queues=2, log2_ring_size=4)
+        sl = sock.new_interface(Arguments(id=4, is_master=False, name="uneq-s", memory_config=mc))
+        m = sock.new_interface(Arguments(id=4, is_master=True, name="uneq-m"))
+        await asyncio.gather(m.wait_connected(5), sl.wait_connected(5))
+        text = format_show([sl, m])
+        assert text.count("rx-queues 1 tx-queues 2 ring-size 16") == 1, text
+        assert "queue-pairs" not in text.split("interface uneq-m")[0], text
+        assert len(re.findall(r"  tx queue \d", text.split("interface uneq-m")[0])) == 2, text
 
 # --- issue 13 §5: --duration from the start, --timeout 0, no log output by default ------------
 

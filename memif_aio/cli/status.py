@@ -128,7 +128,11 @@ def format_show(interfaces: Iterable[StatusLike]) -> str:
                    f"remote-interface \"{st['peer_name']}\"")
         out.append(f"  mode {st['mode']} rx-mode {st.get('rx_mode', '?')} "
                    f"secret {'yes' if st.get('secret') else 'no'}")
-        out.append(f"  queue-pairs {mem['num_queue_pairs']} "
+        rxq = mem.get("num_rx_queues", mem["num_queue_pairs"])
+        txq = mem.get("num_tx_queues", mem["num_queue_pairs"])
+        queues = (f"queue-pairs {mem['num_queue_pairs']}" if rxq == txq
+                  else f"rx-queues {rxq} tx-queues {txq}")
+        out.append(f"  {queues} "
                    f"ring-size {1 << mem['log2_ring_size']} "
                    f"buffer-size {mem['packet_buffer_size']} num-regions {len(st['regions'])}")
         for index, size in st["regions"]:
