@@ -133,7 +133,10 @@ def handler_name(handler: Handler | str) -> str:
     qual = getattr(handler, "__qualname__", None)
     if not mod or not qual or "<" in qual:
         raise ValueError(f"handler {handler!r} is not an importable module-level function")
-    if mod == "__main__":
+    if mod == "__main__":  # run with ``python -m pkg.mod``: the module has a real name
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name and spec.name != "__main__":
+            return f"{spec.name}:{qual}"
         raise ValueError("the handler must live in an importable module, not __main__ "
                          "(the worker is a fresh interpreter, as with multiprocessing spawn)")
     return f"{mod}:{qual}"

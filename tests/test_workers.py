@@ -324,3 +324,31 @@ async def test_worker_sigterm_reported(sock_path: str, no_leaks: None) -> None:
         assert ev.worker == 0 and ev.returncode is not None
         check_echoes(await round_trip(peer, 1, 100), 1, pids[1], 100)
         assert owner.is_connected()
+
+
+async def test_violation_found_by_a_worker_disconnects(sock_path: str, no_leaks: None) -> None:
+    """A hostile slave moves queue 1's S2M head more than a ring ahead: the worker's ring
+    (the same S2MConsumer, the same check) finds it, the owner disconnects with that reason,
+    and both workers' handlers end."""
+    async with pair(sock_path, "master") as (owner, peer), \
+            WorkerPool(owner, echo, 2, loop=loop_of()) as pool:
+        evs = Events(pool)
+        await evs.wait("attached", 2)
+        link = peer._established_link()
+        assert link is not None
+        ring = link.session.tx[1]
+        link_events = owner.events()
+        ring.idx[ring.layout.head // 2] = (ring.tail + ring.size + 5) & 0xFFFF  # the attack
+        # any interrupt makes the worker look at the ring
+        os.eventfd_write(link.session.tx_eventfds[1], 1)
+        down = await asyncio.wait_for(_next_down(link_events), T)
+        assert "S2M head ran more than a ring ahead" in down.reason
+        fin = await evs.wait("finished", 2, connection=1)
+        assert {e.error for e in fin} == {""}
+
+
+async def _next_down(sub: Any) -> Any:
+    async for ev in sub:
+        if ev.kind == "down":
+            return ev
+    raise AssertionError("events ended")
