@@ -402,6 +402,7 @@ class WorkerPool:
             self._reconcile("")
             async for ev in sub:
                 self._reconcile(getattr(ev, "reason", ""), getattr(ev, "by_peer", False))
+            self._reconcile("interface deleted")  # the interface is gone: workers go idle
         finally:
             sub.close()
 
@@ -463,7 +464,7 @@ class WorkerPool:
                 msg[name] = desc
                 fds.append(q.get_event_fd())
             _send(w.sock, msg, fds)
-        except OSError as exc:
+        except (OSError, MemifError) as exc:
             log.error("worker %d: cannot hand over queue pair %d: %s", w.index, w.qid, exc)
             return
         finally:

@@ -352,3 +352,17 @@ async def _next_down(sub: Any) -> Any:
         if ev.kind == "down":
             return ev
     raise AssertionError("events ended")
+
+
+async def test_interface_deleted_workers_go_idle(sock_path: str, no_leaks: None) -> None:
+    """Deleting the owner's interface ends every handler (Disconnected) and releases the
+    memory; the workers stay alive (idle) until the pool closes."""
+    async with pair(sock_path, "slave") as (owner, _peer), \
+            WorkerPool(owner, echo, 2, loop=loop_of()) as pool:
+        evs = Events(pool)
+        await evs.wait("attached", 2)
+        await owner.delete()
+        fin = await evs.wait("finished", 2, connection=1)
+        assert {e.error for e in fin} == {""}
+        await evs.wait("released", 2, connection=1)
+        assert [(i.alive, i.connection) for i in pool.get_workers()] == [(True, 0), (True, 0)]
