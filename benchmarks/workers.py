@@ -38,24 +38,32 @@ PEER_CPU = 1
 
 
 async def count_windows(rx: RxQueue | None, tx: TxQueue | None, start: float, windows: int,
-                        window: float) -> list[int]:
+                        window: float) -> dict[str, Any]:
     """Worker handler: packets received in each wall-clock window
-    ``[start + i * window, start + (i + 1) * window)``; drains (uncounted) before ``start``."""
+    ``[start + i * window, start + (i + 1) * window)`` (drained, uncounted, before ``start``),
+    and the worker's CPU time over the windows (``time.thread_time_ns``): the rate per
+    CPU-second does not depend on how much of a core the worker got."""
     assert rx is not None
     counts = [0] * windows
     end = start + windows * window
     clock = time.time
+    cpu0 = -1
     while True:
         pkts = await rx.read_burst(256)
         now = clock()
         if now >= end:
-            return counts
+            return {"counts": counts, "cpu_ns": time.thread_time_ns() - cpu0}
         if now >= start:
-            counts[int((now - start) / window)] += len(pkts)
+            if cpu0 < 0:
+                cpu0 = time.thread_time_ns()
+            else:
+                counts[int((now - start) / window)] += len(pkts)
 
 
-async def one_round(path: str, workers: int, args: argparse.Namespace) -> list[float]:
-    """One configuration, one testpmd run: aggregate Mpps of each window."""
+async def one_round(path: str, workers: int, args: argparse.Namespace,
+                    cpu_rates: list[float], cpu_share: list[float]) -> list[float]:
+    """One configuration, one testpmd run: aggregate Mpps of each window; appends each
+    worker's Mpps per CPU-second to ``cpu_rates`` and its share of a CPU to ``cpu_share``."""
     placement = args.placement
     mc = MemoryConfig(num_queue_pairs=2, log2_ring_size=args.log2_ring_size)
     cpus: list[list[int]] | None = None
@@ -89,7 +97,10 @@ async def one_round(path: str, workers: int, args: argparse.Namespace) -> list[f
                         elif ev.kind == "exited":
                             raise SystemExit(f"worker {ev.worker} exited ({ev.returncode})")
     per = [e.result for e in sorted(done, key=lambda e: e.worker)]
-    return [sum(c[i] for c in per) / args.window / 1e6 for i in range(args.windows)]
+    for r in per:
+        cpu_rates.append(sum(r["counts"]) / (r["cpu_ns"] / 1e9) / 1e6)
+        cpu_share.append(r["cpu_ns"] / 1e9 / (args.windows * args.window))
+    return [sum(r["counts"][i] for r in per) / args.window / 1e6 for i in range(args.windows)]
 
 
 def summary(vals: list[float]) -> tuple[float, float, float]:
@@ -104,12 +115,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if args.placement != "free":
         os.sched_setaffinity(0, {0})  # the owner (control channel only) beside worker 0
     res: dict[int, list[float]] = {1: [], 2: []}
+    per_cpu: dict[int, list[float]] = {1: [], 2: []}
+    share: dict[int, list[float]] = {1: [], 2: []}
     try:
         with tempfile.TemporaryDirectory(prefix="memif-bench-workers-") as d:
             path = os.path.join(d, "dpdk.sock")
             for _ in range(args.rounds):
                 for n in (1, 2):
-                    vals = await one_round(path, n, args)
+                    vals = await one_round(path, n, args, per_cpu[n], share[n])
                     res[n].extend(vals)
                     print(f"  {n} worker(s): " + " ".join(f"{v:.3f}" for v in vals) + " Mpps",
                           file=sys.stderr, flush=True)
@@ -118,6 +131,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     m1, m2 = statistics.median(res[1]), statistics.median(res[2])
     return {"placement": args.placement, "loop": args.loop, "rx_mode": args.rx_mode,
             "windows": {"1": res[1], "2": res[2]}, "ratio": m2 / m1 if m1 else 0.0,
+            "per_cpu_second": {"1": per_cpu[1], "2": per_cpu[2]},
+            "cpu_share": {"1": share[1], "2": share[2]},
             "load": os.getloadavg()}
 
 
@@ -144,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     load = " ".join(f"{x:.2f}" for x in out["load"])
     print(f"# WorkerPool aggregate rx from testpmd txonly (2 queues, 64 B), slave, "
           f"placement {args.placement}, {args.loop}, {args.rx_mode}; load {load}")
-    print(f"{'workers':>8} {'median':>10} {'min':>10} {'max':>10}  unit")
+    print(f"{'workers':>8} {'figure':<28} {'median':>8} {'min':>8} {'max':>8}  unit")
     for n in ("1", "2"):
-        med, lo, hi = summary(out["windows"][n])
-        print(f"{n:>8} {med:10.3f} {lo:10.3f} {hi:10.3f}  Mpps")
+        for key, what, unit in (("windows", "aggregate rx", "Mpps"),
+                                ("per_cpu_second", "rx per CPU-second, a worker", "Mpps/CPU-s"),
+                                ("cpu_share", "CPU used, a worker", "CPU")):
+            med, lo, hi = summary(out[key][n])
+            print(f"{n:>8} {what:<28} {med:8.3f} {lo:8.3f} {hi:8.3f}  {unit}")
     print(f"ratio 2/1 (medians): {out['ratio']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
