@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+from _frames import ETH_PROBE, describe, frame, swap_macs
 
 from memif_aio import Arguments, Interface, MemoryConfig, RxQueue, Socket, TxQueue
 from memif_aio.testing.testpmd import TestPmd
@@ -30,20 +30,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
 
 ROLES = pytest.mark.parametrize("role", ["master", "slave"], ids=["py-master", "py-slave"])
 T_CONNECT = 15.0
-DST = bytes.fromhex("020000000002")
-SRC = bytes.fromhex("020000000001")
-ETH_DATA = b"\x88\xb5"
-ETH_PROBE = b"\x88\xb6"
-HDR = struct.Struct(">BI")  # queue id, sequence number
-
-
-def frame(seq: int, size: int, qid: int, ethertype: bytes = ETH_DATA) -> bytes:
-    head = DST + SRC + ethertype + HDR.pack(qid, seq)
-    return head + bytes((seq + i) & 0xFF for i in range(size - len(head)))
-
-
-def swap_macs(f: bytes) -> bytes:
-    return f[6:12] + f[0:6] + f[12:]
 
 
 async def echo_check(rx: RxQueue | None, tx: TxQueue | None, n: int) -> dict[str, int]:
@@ -77,7 +63,7 @@ async def echo_check(rx: RxQueue | None, tx: TxQueue | None, n: int) -> dict[str
                     late += 1
                     continue
                 assert p == swap_macs(frames[back]), \
-                    f"queue {qid}: frame {back} came back different: {p[12:20].hex()}"
+                    f"queue {qid}: frame {back} came back different: {describe(p)}"
                 back += 1
     return {"qid": qid, "sent": sent, "back": back, "probes": probes, "late_probes": late}
 
