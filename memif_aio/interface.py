@@ -226,6 +226,11 @@ class Interface:
         with contextlib.suppress(ValueError):
             self._taps.remove(tap)
 
+    def _established_link(self) -> Link | None:
+        """The current connection's :class:`~memif_aio.link.Link` (None while down): what
+        :class:`memif_aio.workers.WorkerPool` hands to its workers."""
+        return self._link
+
     @property
     def rx_queues(self) -> list[RxQueue]:
         return list(self._link.rx_queues) if self._link is not None else []
