@@ -116,7 +116,10 @@ def serve_main(path: str, count: int, uv: bool) -> None:
     os.sched_setaffinity(0, {PEER_CPU})
 
     async def main() -> None:
-        async with Socket(path, app_name="scale-peer") as sock:
+        # 64 slaves of one uid reconnecting at once: the default max_pending_per_uid (32)
+        # would evict some of them on a loaded machine (docs/scale.md)
+        async with Socket(path, app_name="scale-peer", max_pending=2 * count,
+                          max_pending_per_uid=2 * count) as sock:
             for i in range(count):
                 sock.new_interface(Arguments(id=i, is_master=True, name=f"peer{i}"))
             print("READY", flush=True)

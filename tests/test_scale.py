@@ -18,6 +18,7 @@ The figures (rates, CPU per packet, idle cost, churn per second) come from
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import stat
@@ -29,6 +30,7 @@ import pytest
 from _harness import until
 
 from memif_aio import Arguments, Interface, MemoryConfig, RxMode, Socket, eventfd
+from memif_aio import socket as memif_socket
 
 N = 64
 SMALL = MemoryConfig(log2_ring_size=8)
@@ -245,3 +247,24 @@ async def test_directory_renamed_away_is_noticed(sock_dir: str, no_leaks: None) 
     finally:
         shutil.rmtree(moved, ignore_errors=True)
         shutil.rmtree(inner, ignore_errors=True)
+
+
+@pytest.mark.both_loops
+async def test_without_inotify_the_socket_file_is_checked_every_second(
+        sock_path: str, no_leaks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no inotify watch can be made (out of instances, say), the listener falls back
+    to checking its file once a second: a deleted socket file is still re-created."""
+    def no_watch(path: str) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(memif_socket, "_PathWatch", no_watch)
+    async with Socket(sock_path) as sock:
+        m = sock.new_interface(Arguments(id=0, is_master=True))
+        s = sock.new_interface(Arguments(id=0, is_master=False, **FAST))
+        await asyncio.gather(m.wait_connected(10), s.wait_connected(10))
+        first = os.stat(sock_path).st_ino
+        os.unlink(sock_path)
+        await until(lambda: is_socket(sock_path), 5.0, "the listener re-created")
+        assert os.stat(sock_path).st_ino != first
+        await traffic([m], [s], 5)
+    assert not os.path.exists(sock_path)
