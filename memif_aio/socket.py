@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno
 import logging
 import os
 import resource
 import socket as _socket
 import stat
+import struct
 import time
 import weakref
 from collections.abc import Callable
@@ -43,7 +46,8 @@ _SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
 #: this long, doubling on every failure up to ACCEPT_RETRY_MAX, back to the minimum on success
 ACCEPT_RETRY_MIN = 0.01
 ACCEPT_RETRY_MAX = 1.0
-#: how often a listening socket checks that its file is still its own (st_dev, st_ino)
+#: how often a listening socket checks that its file is still its own (st_dev, st_ino) when
+#: it cannot watch the path with inotify, or while something is wrong there (see _PathWatch)
 LISTENER_CHECK_INTERVAL = 1.0
 #: a connection waiting for INIT is never evicted before it is this old (at most half the
 #: pre-INIT timeout): a new connection waits in the kernel's backlog instead
@@ -60,6 +64,88 @@ def default_handshake_fds() -> int:
     if soft == resource.RLIM_INFINITY or soft < 0:
         return 1 << 20
     return max(64, soft // 4)
+
+
+# --- watching the socket file (inotify, through ctypes: the standard library has no binding) ---
+_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
+_IN_DELETE_SELF, _IN_MOVE_SELF, _IN_UNMOUNT, _IN_Q_OVERFLOW, _IN_IGNORED = (
+    0x400, 0x800, 0x2000, 0x4000, 0x8000)
+_IN_ONLYDIR = 0x01000000
+_NAME_EVENTS = _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
+_SELF_EVENTS = _IN_DELETE_SELF | _IN_MOVE_SELF
+_EVENT = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+_libc: ctypes.CDLL | None = None
+
+
+def _inotify() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+class _PathWatch:
+    """inotify watches that tell when the file at ``path`` may have changed, so that an idle
+    listener makes no wake-ups (issue 14): the directory's entries (created, deleted,
+    renamed from or to), and the directory and each of its ancestors as named (deleted,
+    renamed).  Any event that may concern the path means "lstat it now"; an event that
+    invalidates the watches (an ancestor moved or deleted, an unmount, an overflow) also
+    sets :attr:`broken`: the caller drops this watch and builds a new one.  What no watch
+    sees is a mount over the directory or an ancestor.  OSError if inotify is not
+    available (or out of instances or watches): the caller polls instead."""
+
+    def __init__(self, path: str) -> None:
+        libc = _inotify()
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.fd: int = fd
+        self.broken = False
+        try:
+            d = os.path.dirname(os.path.abspath(path))
+            self._name = os.fsencode(os.path.basename(path))
+            self._dir_wd = self._add(d, _NAME_EVENTS | _SELF_EVENTS)
+            while d != os.path.dirname(d):
+                d = os.path.dirname(d)
+                self._add(d, _SELF_EVENTS)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _add(self, directory: str, mask: int) -> int:
+        wd: int = _inotify().inotify_add_watch(self.fd, os.fsencode(directory),
+                                               mask | _IN_ONLYDIR)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), directory)
+        return wd
+
+    def read(self) -> bool:
+        """Drain the pending events: True if one may concern the path (or :attr:`broken`)."""
+        relevant = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return relevant or self.broken
+            except OSError:
+                self.broken = True
+                return True
+            pos = 0
+            while pos + _EVENT.size <= len(data):
+                wd, mask, _cookie, n = _EVENT.unpack_from(data, pos)
+                name = data[pos + _EVENT.size:pos + _EVENT.size + n].rstrip(b"\0")
+                pos += _EVENT.size + n
+                if mask & (_SELF_EVENTS | _IN_UNMOUNT | _IN_Q_OVERFLOW | _IN_IGNORED):
+                    self.broken = True
+                elif wd == self._dir_wd and mask & _NAME_EVENTS and name == self._name:
+                    relevant = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 @dataclass(eq=False)
@@ -91,7 +177,8 @@ class Socket:
     have not reached CONNECT may hold together (a quarter of the soft
     RLIMIT_NOFILE, and ``max_total_region_size``, by default).  docs/security.md
     lists every bound.  A listener whose socket file is deleted binds a new one
-    at the same path (checked every second); background errors are typed
+    at the same path (noticed through an inotify watch, one fd; checked every second
+    where inotify cannot be used); background errors are typed
     (:class:`~memif_aio.errors.ListenerError`) and logged, rate-limited.
 
     ``accept_filter(creds)`` sees the :class:`PeerCredentials` (pid, uid, gid, from
@@ -176,6 +263,7 @@ class Socket:
         self._listener_timer: asyncio.Handle | None = None  # listener paused until it fires
         self._accept_failures = 0
         self._check_timer: asyncio.TimerHandle | None = None
+        self._path_watch: _PathWatch | None = None  # inotify on the socket file's path
         self._foreign_inode: tuple[int, int] | None = None  # what we last reported at our path
         self._error_log: dict[str, list[float]] = {}  # kind -> [last logged, not logged since]
         #: accepted channels whose INIT named an interface, and which one
@@ -350,8 +438,9 @@ class Socket:
     # --- listener -----------------------------------------------------------------------
     # The listener is read (add_reader) except while paused: after accept() failed (backoff,
     # item 3 of issue 9) or while a new connection is parked because every connection it
-    # could evict is still in its grace period.  A slow timer checks that the socket file is
-    # still ours and re-creates the listener when it is gone.
+    # could evict is still in its grace period.  An inotify watch (a slow timer where there is
+    # none, or while something else holds the path) tells when to check that the socket file
+    # is still ours; the listener is re-created when it is gone.
     def _ensure_listener(self) -> None:
         if self._listener is None:
             self._listener, self._listener_inode = self._bind()
@@ -364,8 +453,45 @@ class Socket:
         self._loop = loop
         if self._listener_timer is None:  # paused: the timer resumes reading
             loop.add_reader(self._listener.fileno(), self._accept_ready)
-        if self._listener_inode is not None and self._check_timer is None:
+        if self._listener_inode is not None:
+            self._arm_check()
+
+    def _arm_check(self, poll: bool = False) -> None:
+        """Make sure the socket file gets checked: when the inotify watch reports a change,
+        and also every LISTENER_CHECK_INTERVAL without a watch or with ``poll``."""
+        loop = self._loop
+        assert loop is not None
+        if self._path_watch is None:
+            try:
+                watch = _PathWatch(self._address)
+            except (OSError, AttributeError, ValueError) as exc:
+                log.debug("%s: cannot watch the socket file (%s); checking it every %g s",
+                          self._filename, exc, LISTENER_CHECK_INTERVAL)
+                poll = True
+            else:
+                self._path_watch = watch
+                loop.add_reader(watch.fd, self._path_changed)
+        if poll and self._check_timer is None:
             self._check_timer = loop.call_later(LISTENER_CHECK_INTERVAL, self._check_listener)
+
+    def _drop_watch(self) -> None:
+        watch, self._path_watch = self._path_watch, None
+        if watch is not None:
+            if self._loop is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(watch.fd)
+            watch.close()
+
+    def _path_changed(self) -> None:
+        """The inotify watch is readable: check the file if an event may concern it."""
+        watch = self._path_watch
+        if watch is None:
+            return
+        if not watch.read():
+            return
+        if watch.broken:  # an ancestor moved or went away: watch what the path is now
+            self._drop_watch()
+        self._check_listener()
 
     def _bind(self, remove_stale: bool = True) -> tuple[_socket.socket, tuple[int, int] | None]:
         """A new listening socket at our address, and the inode of its file (None: abstract)."""
@@ -434,6 +560,7 @@ class Socket:
             if timer is not None:
                 timer.cancel()
         self._listener_timer = self._check_timer = None
+        self._drop_watch()
         self._accept_failures = 0
         self._foreign_inode = None
         if self._parked is not None:
@@ -578,10 +705,13 @@ class Socket:
 
     # --- listener: is the socket file still ours? ---------------------------------------------
     def _check_listener(self) -> None:
-        """Every LISTENER_CHECK_INTERVAL while listening on a path: lstat it and compare with
-        the inode we bound.  Gone: bind a new listener there.  Someone else's file: report it
-        and leave it alone (checked again; once it is gone we listen again)."""
-        self._check_timer = None
+        """When the path may have changed (inotify), or every LISTENER_CHECK_INTERVAL without
+        a watch: lstat it and compare with the inode we bound.  Gone: bind a new listener
+        there.  Someone else's file, or an error: report it and leave it alone (checked again
+        every interval as well until it is resolved; once it is gone we listen again)."""
+        timer, self._check_timer = self._check_timer, None
+        if timer is not None:
+            timer.cancel()  # a no-op when it is the timer that called
         inode = self._listener_inode
         if self._listener is None or inode is None or self._loop is None:
             return
@@ -603,9 +733,8 @@ class Socket:
                 self._report_foreign(found, f"the socket file {self._address} was replaced by "
                                             f"{kind}; it is left alone, and new slaves reach "
                                             "whatever is there now, not this socket")
-        if self._listener is not None and self._check_timer is None:
-            self._check_timer = self._loop.call_later(LISTENER_CHECK_INTERVAL,
-                                                      self._check_listener)
+        if self._listener is not None and self._listener_inode is not None:
+            self._arm_check(poll=self._foreign_inode is not None)
 
     def _report_foreign(self, found: tuple[int, int], message: str) -> None:
         if found != self._foreign_inode:  # once per change, not every second
