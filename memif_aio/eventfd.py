@@ -376,12 +376,12 @@ class _Worker:
     def _exit(self, item: _Box | None) -> None:
         """Retired (None) or the signaller collected (its box): close what is ours."""
         with self.lock:
-            if item is not None:  # the signaller was collected: close its interrupts' fds
-                for fd in item.fds:
-                    os.close(fd)
-                item.fds.clear()
-            os.close(self.chan.fd)  # nobody kicks a retired channel any more
+            fds = [self.chan.fd]  # nobody kicks a retired channel any more
             self.chan.fd = -1
+            if item is not None:  # the signaller was collected: close its interrupts' fds
+                fds += item.fds
+                item.fds.clear()
+            close_fds(fds)  # one already closed does not keep the others open
 
 
 class _Box:
