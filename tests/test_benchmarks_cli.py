@@ -104,6 +104,39 @@ def test_floors_run_and_every_row_gets_its_ratio(loop: str) -> None:
     assert f"{rows['rx-burst']['ratio']:6.2f}" in line
 
 
+# --- benchmarks.micro (tiny real runs) --------------------------------------------------------
+@pytest.mark.parametrize("scenario", ["signal-cost", "signal-overhead", "signal-latency",
+                                      "eventfd-latency", "busy-poll"])
+def test_micro_runs_every_scenario_and_prints_its_summary(scenario: str) -> None:
+    r = _run("benchmarks.micro", scenario, "--rounds", "2", "--reps", "3", "--cpu", "-1",
+             timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"# {scenario} on uvloop, 3 repetitions per round")
+    assert [ln.split()[:2] for ln in lines[1:3]] == [["round", "1"], ["round", "2"]]
+    summary = lines[3].split()
+    assert summary[:4] == ["this", "median", "over", "rounds:"]
+    assert ROOT in lines[3]
+
+
+def test_micro_against_alternates_with_another_tree() -> None:
+    """``--against TREE``: every round runs once in each tree (in fresh processes), the
+    order alternating, and the summary names both trees."""
+    r = _run("benchmarks.micro", "eventfd-latency", "--rounds", "2", "--reps", "3",
+             "--against", ROOT, "--loop", "asyncio", timeout=120)
+    assert r.returncode == 0, r.stderr
+    rounds = [ln for ln in r.stdout.splitlines() if ln.startswith("round")]
+    assert len(rounds) == 2 and all("this:" in ln and "against:" in ln for ln in rounds)
+    assert [ln.split()[0] for ln in r.stdout.splitlines()[-2:]] == ["this", "against"]
+
+
+def test_micro_refuses_bad_arguments() -> None:
+    r = _run("benchmarks.micro", "signal-cost", "--rounds", "0")
+    assert r.returncode == 2 and "--rounds and --reps must be at least 1" in r.stderr
+    r = _run("benchmarks.micro", "no-such-scenario")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
 # --- --plot ---------------------------------------------------------------------------------
 def _row(scenario: str, peer: str, loop: str, values: list[float], size: int = 64,
          unit: str = "Mpps") -> dict[str, Any]:

@@ -172,6 +172,11 @@ class LeakGuard:
         if not self.collect and (fds or not self._mappings_ok()):
             gc.collect()  # only reference cycles may excuse it
             fds = self._fds()
+        if fds:
+            from .. import eventfd  # imported only now: importing this module changes nothing
+
+            if eventfd.settle():  # a retired signaller thread closing its wake-up eventfd
+                fds = self._fds()
         out = []
         if fds:
             out.append(f"leaked fds: {[describe_fd(fd) for fd in sorted(fds)]}")
