@@ -16,15 +16,19 @@ Speed: there is no construct call here.  Descriptor fields are read and
 written a whole burst at a time through strided ``memoryview`` casts of the
 descriptor array (``d16[8*s::8]`` are the ``flags`` of slots ``s…``), whose
 element indices are derived from :mod:`memif_aio.wire`; validation of a burst
-is a handful of C-level ``min``/``max``/``count`` calls.  Bursts with chains
-or invalid descriptors take a per-descriptor slow path.
+is a handful of C-level ``min``/``max``/``count`` calls.  A window whose
+descriptors span regions (server side: a VPP zero-copy client has one region per
+buffer pool) stays on the fast path, each descriptor checked against its own
+region.  A chain or an invalid descriptor costs the per-descriptor slow path only
+from where it sits: the valid prefix before it is taken by the fast path, the
+slow path takes that one packet, and the fast path resumes after it.
 """
 
 from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from operator import add
+from operator import add, gt, truth
 from typing import Any, MutableSequence, Sequence
 
 from .errors import PacketTooLarge, ProtocolViolation
@@ -62,6 +66,21 @@ MAX_DESC_LENGTH = 65535
 #: allocate (a chain may name the same large region in every slot); 64 KiB IP packets and
 #: 9216-byte jumbo frames fit with room to spare.
 MAX_PACKET_SIZE = 1 << 20
+
+
+def _clean_prefix(flags: list[int], lens: list[int], limit: int) -> int:
+    """How many descriptors, from the first, the burst fast path may take: flags 0 (no
+    chain) and ``0 < length <= limit``.  Called only when a window fails the C-level
+    whole-window checks, so a chain or a bad descriptor costs the slow path only from
+    where it sits, not for the whole window."""
+    k = len(flags)
+    if flags.count(0) != k:
+        k = list(map(truth, flags)).index(True)
+    if k:
+        lk = lens[:k] if k < len(lens) else lens
+        if 0 in lk or max(lk) > limit:
+            k = [not 0 < m <= limit for m in lk].index(True)
+    return k
 
 
 @dataclass
@@ -229,6 +248,37 @@ class _Consumer(_Ring):
             st.bad_descriptors += bad
             st.drops += bad
         self._consumed(start, zero_copy)
+
+    def _read_fast(self, n: int, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool) -> int:
+        raise NotImplementedError
+
+    def _read_rest(self, n: int, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool) -> int:
+        """The fast path stopped at a chain or an invalid descriptor: take that packet the
+        slow way, then go back to the fast path as soon as the next slot is not chained.
+        The fast path's window starts small and doubles while it takes all of it, so a
+        window of many chains costs little more than the slow path alone."""
+        done = 0
+        cap = 16
+        d16 = self.d16
+        mask = self.mask
+        while True:
+            start = self._pos
+            done += self._read_slow(n, 1, out, zero_copy)
+            used = (self._pos - start) & 0xFFFF
+            n -= used
+            if not used or not n or done >= max_packets:  # not used: an incomplete chain
+                return done
+            while not d16[(self._pos & mask) * _W16 + _F16]:
+                k = self._read_fast(n, min(cap, max_packets - done), out, zero_copy)
+                done += k
+                n -= k
+                if not n or done >= max_packets:
+                    return done
+                if k < cap:  # stopped at a bad descriptor
+                    break
+                cap *= 2
 
     def _read_slow(self, n: int, max_packets: int, out: MutableSequence[Any],
                    zero_copy: bool = False) -> int:
@@ -517,12 +567,14 @@ class M2SConsumer(_ClientRing, _Consumer):
         if k == 1:  # the ping-pong case: scalar stores
             b16 = s * _W16
             b32 = s * _W32
-            self.d16[b16 + _F16] = 0
-            self.d16[b16 + _R16] = 0
-            self.d32[b32 + _O32] = self.slot_offsets[s]
-            self.d32[b32 + _L32] = self.bsize
-            self._head = (head + 1) & 0xFFFF
-            self.idx[self._head_i] = self._head
+            d16 = self.d16
+            d32 = self.d32
+            d16[b16 + _F16] = 0
+            d16[b16 + _R16] = 0
+            d32[b32 + _O32] = self.slot_offsets[s]
+            d32[b32 + _L32] = self.bsize
+            self._head = head = (head + 1) & 0xFFFF
+            self.idx[self._head_i] = head
             return 1
         run = min(k, self.size - s)
         self._post_run(s, run, self._bsize_arr[:run])
@@ -554,11 +606,44 @@ class M2SConsumer(_ClientRing, _Consumer):
             if self._held is None:
                 self._held = start
         elif self.idx[self._tail_i] == self._pos:
-            self.refill()  # drained: post everything (the server may need the whole ring)
+            # drained: post everything.  Not deferred: the server may need the whole ring
+            # for its next packet while our application waits for that write to finish
+            # before it reads again (tests/test_memory_attacks.py, impossible packet).
+            self.refill()
         else:
             # more to read: post in batches (as DPDK does), not one slot per read; the
             # next read, at the latest the one that drains the ring, posts the rest
             self.refill(self._refill_batch)
+
+    def read_into(self, buf: memoryview) -> int:
+        """Copy the one packet ready straight from its slot into ``buf`` (a writable byte
+        view) and consume it; return its length.  0: nothing to read.  -1: nothing taken,
+        because the packet is chained, invalid or longer than ``buf``, or because more than
+        one slot is ready (``read_burst`` handles those: a burst read costs less per packet
+        than this one-packet path, which is for the ping-pong case)."""
+        pos = self._pos
+        n = (self.idx[self._tail_i] - pos) & 0xFFFF
+        if n != 1:
+            if n > ((self._head - pos) & 0xFFFF):
+                raise ProtocolViolation("M2S tail moved past the buffers we posted")
+            return -1 if n else 0
+        s = pos & self.mask
+        length = self.d32[s * _W32 + _L32]
+        if self.d16[s * _W16 + _F16] or not 0 < length <= len(buf) or length > self.bsize:
+            return -1
+        o = self.slot_offsets[s]
+        buf[:length] = self.buf[o:o + length]
+        # what _took and _consumed do, inline (this is the per-packet path)
+        self._pos = pos = (pos + 1) & 0xFFFF
+        st = self.stats
+        st.packets += 1
+        st.bytes += length
+        if self.idx[self._tail_i] == pos:
+            self.refill()  # drained: post everything (see _consumed)
+        elif self._held is not None or \
+                self.size - ((self._head - pos) & 0xFFFF) >= self._refill_batch:
+            self.refill(self._refill_batch)
+        return length
 
     def _segment(self, s: int, zero_copy: bool) -> tuple[int, Any]:
         flags = self.d16[s * _W16 + _F16]
@@ -572,13 +657,27 @@ class M2SConsumer(_ClientRing, _Consumer):
                    zero_copy: bool = False) -> int:
         """Append up to ``max_packets`` packets to ``out``; return how many.
 
-        Consumed slots are reposted at once.  With ``zero_copy`` the packets
-        are memoryviews into shared memory (chains are still joined into
-        bytes) and the slots stay ours until :meth:`end_lease`.
+        Chains are reassembled (joined into bytes); invalid packets are dropped and
+        counted.  Without ``zero_copy`` the slots go back to the peer at once (M2S:
+        reposted in batches, and all of them once the ring is drained).  With
+        ``zero_copy`` the packets are memoryviews into shared memory and the slots stay
+        ours until :meth:`end_lease`.
         """
-        n = self.available()
+        pos = self._pos
+        n = (self.idx[self._tail_i] - pos) & 0xFFFF
         if not n:
             return 0
+        if n > ((self._head - pos) & 0xFFFF):
+            raise ProtocolViolation("M2S tail moved past the buffers we posted")
+        got = self._read_fast(n, max_packets, out, zero_copy)
+        if got >= max_packets or got == n:
+            return got
+        return got + self._read_rest(n - got, max_packets - got, out, zero_copy)
+
+    def _read_fast(self, n: int, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool) -> int:
+        """The burst fast path over ``n`` available slots: takes the valid, unchained prefix
+        (at most ``max_packets``); returns how many packets it took."""
         cons = self._pos
         src = self.buf if zero_copy else self.mm
         want = min(n, max_packets)
@@ -595,10 +694,16 @@ class M2SConsumer(_ClientRing, _Consumer):
                 lens_sum = length
             else:
                 flags = self.d16[s * _W16 + _F16:(s + run) * _W16:_W16].tolist()
-                if flags.count(0) != run:
-                    break
                 lens = self.d32[s * _W32 + _L32:(s + run) * _W32:_W32].tolist()
-                if min(lens) <= 0 or max(lens) > self.bsize:
+                if flags.count(0) != run or 0 in lens or max(lens) > self.bsize:
+                    # a chain or a bad descriptor: take the clean prefix, the slow path the rest
+                    k = _clean_prefix(flags, lens, self.bsize)
+                    if k:
+                        out.extend([src[o:o + m]
+                                    for o, m in zip(self.slot_offsets[s:s + k], lens)])
+                        cons += k
+                        got += k
+                        nbytes += sum(lens[:k])
                     break
                 out.extend([src[o:o + m] for o, m in zip(self.slot_offsets[s:s + run], lens)])
                 lens_sum = sum(lens)
@@ -607,8 +712,7 @@ class M2SConsumer(_ClientRing, _Consumer):
             nbytes += lens_sum
         if got:
             self._took(cons, got, nbytes, 0, zero_copy)
-            return got
-        return self._read_slow(n, max_packets, out, zero_copy)
+        return got
 
 
 class S2MConsumer(_Consumer):
@@ -650,13 +754,27 @@ class S2MConsumer(_Consumer):
                    zero_copy: bool = False) -> int:
         """Append up to ``max_packets`` packets to ``out``; return how many.
 
-        With ``zero_copy`` the packets are memoryviews into the client's
-        memory (chains are joined into bytes) and ``tail`` stays put until
-        :meth:`end_lease`.
+        Chains are reassembled (joined into bytes); invalid packets are dropped and
+        counted.  Without ``zero_copy`` the slots go back to the peer at once (M2S:
+        reposted in batches, and all of them once the ring is drained).  With
+        ``zero_copy`` the packets are memoryviews into shared memory and the slots stay
+        ours until :meth:`end_lease`.
         """
-        n = self.available()
+        pos = self._pos
+        n = (self.idx[self._head_i] - pos) & 0xFFFF
         if not n:
             return 0
+        if n > self.size:
+            raise ProtocolViolation("S2M head ran more than a ring ahead of tail")
+        got = self._read_fast(n, max_packets, out, zero_copy)
+        if got >= max_packets or got == n:
+            return got
+        return got + self._read_rest(n - got, max_packets - got, out, zero_copy)
+
+    def _read_fast(self, n: int, max_packets: int, out: MutableSequence[Any],
+                   zero_copy: bool) -> int:
+        """The burst fast path over ``n`` available slots: takes the valid, unchained prefix
+        (at most ``max_packets``), in any regions; returns how many packets it took."""
         cur = self._pos
         regions = self.regions
         nregions = len(regions)
@@ -681,25 +799,90 @@ class S2MConsumer(_Consumer):
                 d32 = self.d32
                 flags_l = d16[s * _W16 + _F16:e16:_W16].tolist()
                 regs = d16[s * _W16 + _R16:e16:_W16].tolist()
-                g = regs[0]
-                if flags_l.count(0) != run or regs.count(g) != run or g >= nregions:
-                    break
                 lens = d32[s * _W32 + _L32:e32:_W32].tolist()
                 offs = d32[s * _W32 + _O32:e32:_W32].tolist()
-                r = regions[g]
-                if min(lens) <= 0 or max(lens) > MAX_DESC_LENGTH or \
-                        max(map(add, offs, lens)) > r.size:
-                    break
-                src = r.view if zero_copy else r.mm
-                out.extend([src[o:o + m] for o, m in zip(offs, lens)])
-                lens_sum = sum(lens)
+                g = regs[0]
+                if regs.count(g) == run and g < nregions and flags_l.count(0) == run and \
+                        0 not in lens and max(lens) <= MAX_DESC_LENGTH and \
+                        max(map(add, offs, lens)) <= regions[g].size:
+                    # the common case: one region, nothing chained, everything valid
+                    src = regions[g].view if zero_copy else regions[g].mm
+                    out.extend([src[o:o + m] for o, m in zip(offs, lens)])
+                    lens_sum = sum(lens)
+                else:
+                    k = self._take_mixed(flags_l, regs, lens, offs, out, zero_copy)
+                    if k:
+                        cur += k
+                        got += k
+                        nbytes += sum(lens[:k])
+                    if k < run:  # a chain or a bad descriptor: the slow path from there
+                        break
+                    continue
             cur += run
             got += run
             nbytes += lens_sum
         if got:
             self._took(cur, got, nbytes, 0, zero_copy)
-            return got
-        return self._read_slow(n, max_packets, out, zero_copy)
+        return got
+
+    def _take_mixed(self, flags: list[int], regs: list[int], lens: list[int], offs: list[int],
+                    out: MutableSequence[Any], zero_copy: bool) -> int:
+        """The fast path of a window the one-region check refused: descriptors in several
+        regions (a VPP zero-copy client has one region per buffer pool), or a chained or
+        invalid one.  Appends the longest valid, unchained prefix; returns its length.
+
+        Every descriptor taken is checked as the slow path checks it: a mapped region,
+        ``0 < length <= MAX_DESC_LENGTH``, ``offset + length`` inside its own region."""
+        regions = self.regions
+        nregions = len(regions)
+        k = _clean_prefix(flags, lens, MAX_DESC_LENGTH)
+        if not k:
+            return 0
+        rk = regs[:k] if k < len(regs) else regs
+        if max(rk) >= nregions:
+            k = list(map(nregions.__le__, rk)).index(True)
+            if not k:
+                return 0
+            rk = rk[:k]
+        sizes = [r.size for r in regions]
+        ends = list(map(add, offs[:k], lens[:k]))
+        over = list(map(gt, ends, map(sizes.__getitem__, rk)))
+        if True in over:
+            k = over.index(True)
+            if not k:
+                return 0
+        srcs = [r.view if zero_copy else r.mm for r in regions]
+        out.extend([srcs[g][o:o + m] for g, o, m in zip(rk[:k], offs, lens)])
+        return k
+
+    def read_into(self, buf: memoryview) -> int:
+        """Copy the one packet ready straight from its slot into ``buf`` (a writable byte
+        view) and consume it; return its length.  0: nothing to read.  -1: nothing taken,
+        because the packet is chained, invalid or longer than ``buf``, or because more than
+        one slot is ready (``read_burst`` handles those: a burst read costs less per packet
+        than this one-packet path, which is for the ping-pong case)."""
+        pos = self._pos
+        n = (self.idx[self._head_i] - pos) & 0xFFFF
+        if n != 1:
+            if n > self.size:
+                raise ProtocolViolation("S2M head ran more than a ring ahead of tail")
+            return -1 if n else 0
+        flags, g, length, offset = self._desc(pos & self.mask)
+        regions = self.regions
+        if flags or g >= len(regions) or not 0 < length <= len(buf) or length > MAX_DESC_LENGTH:
+            return -1
+        r = regions[g]
+        if offset + length > r.size:
+            return -1
+        buf[:length] = r.view[offset:offset + length]
+        # what _took and _consumed do, inline (this is the per-packet path)
+        self._pos = pos = (pos + 1) & 0xFFFF
+        st = self.stats
+        st.packets += 1
+        st.bytes += length
+        if self._held is None:
+            self.idx[self._tail_i] = pos  # release the slot
+        return length
 
     def _segment(self, s: int, zero_copy: bool) -> tuple[int, Any]:
         flags, region, length, offset = self._desc(s)

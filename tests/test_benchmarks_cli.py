@@ -222,3 +222,20 @@ def test_plot_refuses_what_is_not_results(tmp_path: Any, capsys: Any) -> None:
     assert main(["--plot", str(tmp_path / "x.png"), "--from", str(src)]) == 2
     assert "neither benchmark results nor a memif-aio bench summary" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_micro_prints_every_case_and_compares_two_checkouts() -> None:
+    """``python -m benchmarks.rxmicro``: every case gets a row with numbers; ``--compare`` runs
+    both checkouts (here the same one twice) and refuses a child that imported the wrong
+    memif_aio (checked inside the runner)."""
+    cases = ["floor-rx", "ring-s2m-chain1", "ring-s2m-2regions", "q-into-pingpong"]
+    r = _run("benchmarks.rxmicro", "--reps", "3", "--rounds", "1", "--cases", ",".join(cases),
+             "--compare", ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()
+            if line and not line.startswith(("#", "case"))}
+    assert sorted(rows) == sorted(cases)
+    for values in rows.values():
+        assert len(values) == 6 and all(float(v) > 0 for v in values)
+    bad = _run("benchmarks.rxmicro", "--cases", "no-such-case", timeout=60)
+    assert bad.returncode != 0 and "unknown case" in bad.stderr

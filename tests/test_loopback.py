@@ -311,6 +311,53 @@ async def test_nowait_variants_and_read_into(sock_path: str, no_leaks: None) -> 
         assert not hasattr(rx, "write_packet_nowait") and not hasattr(tx, "read_packet")
 
 
+@pytest.mark.parametrize("sender", ["slave", "master"])
+async def test_read_packet_into_edges(sock_path: str, no_leaks: None, sender: str) -> None:
+    """read_packet_into copies straight from the slot; every edge keeps the contract: a
+    packet longer than the buffer raises ValueError and stays queued, chains are
+    reassembled, a cancelled call takes nothing, both directions (rings) alike."""
+    async with pair(sock_path) as (_sock, m, s):
+        tx_itf, rx_itf = (s, m) if sender == "slave" else (m, s)
+        tx, rx = tx_itf.get_tx_queue(0), rx_itf.get_rx_queue(0)
+        buf = bytearray(10000)
+        # cancelled while waiting: nothing taken, buf untouched
+        waiter = asyncio.ensure_future(rx.read_packet_into(buf))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert bytes(buf) == bytes(10000)
+        chain = payload(7, 5000)  # 3 buffers of 2048
+        sent = [b"12345", chain, b"y" * 100, b"abc", b"z" * 2048]
+        await write_all(tx, sent)
+        for _ in range(2):  # too small, twice: the packet stays where it is
+            with pytest.raises(ValueError, match="does not fit"):
+                await asyncio.wait_for(rx.read_packet_into(bytearray(4)), T)
+        assert await asyncio.wait_for(rx.read_packet_into(buf), T) == 5
+        assert bytes(buf[:5]) == b"12345"
+        assert await asyncio.wait_for(rx.read_packet_into(buf), T) == 5000
+        assert bytes(buf[:5000]) == chain
+        exact = memoryview(bytearray(100))
+        assert await asyncio.wait_for(rx.read_packet_into(exact), T) == 100
+        assert bytes(exact) == b"y" * 100
+        assert await asyncio.wait_for(rx.read_packet(), T) == b"abc"
+        # straight from the ring this time (nothing queued before it): too small, then fits
+        with pytest.raises(ValueError, match="does not fit"):
+            await asyncio.wait_for(rx.read_packet_into(bytearray(2047)), T)
+        assert await asyncio.wait_for(rx.read_packet_into(buf), T) == 2048
+        assert bytes(buf[:2048]) == b"z" * 2048
+        for k in range(3):  # the direct path on an empty queue: wait, then copy
+            reader = asyncio.ensure_future(rx.read_packet_into(buf))
+            await asyncio.sleep(0)
+            await write_all(tx, [payload(k, 60 + k)])
+            assert await asyncio.wait_for(reader, T) == 60 + k
+            assert bytes(buf[:60 + k]) == payload(k, 60 + k)
+        st = rx.stats()
+        assert (st.packets, st.drops) == (len(sent) + 3, 0)
+        assert st.bytes == sum(map(len, sent)) + 60 + 61 + 62
+        assert rx.read_burst_nowait(8) == []
+
+
 async def test_backpressure_and_tx_timeout(sock_path: str, no_leaks: None) -> None:
     mc = MemoryConfig(log2_ring_size=2)  # 4 slots
     async with pair(sock_path, slave={"memory_config": mc, "tx_timeout": 0.2}) as (_s, m, s):

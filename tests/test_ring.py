@@ -12,6 +12,7 @@ import gc
 import os
 import struct
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from leaks import memfd_mappings
@@ -1079,3 +1080,290 @@ def test_validate_initial_indices(rig: Rig, head: int, tail: int, ok: bool) -> N
     else:
         with pytest.raises(ProtocolViolation):
             validate_initial_indices(rx)
+
+
+# ---------------------------------------------------------------------------
+# Fast-path edges: the valid prefix of a window, multi-region windows (issue 14)
+#
+# The burst fast path takes the valid, unchained prefix of a window and leaves only what
+# follows a chain or a bad descriptor to the per-descriptor path (then comes back).  Every
+# case below must give exactly what the per-descriptor path gives: same packets in the same
+# order, same drops and counters, same tail/head.
+# ---------------------------------------------------------------------------
+
+BAD_S2M = {
+    "length0": {"length": 0},
+    "region": {"region": 9},
+    "past_end": {"offset": 0xFFFFFF00},
+    "too_long": {"length": 65536},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_S2M))
+@pytest.mark.parametrize("at", [0, 1, 7, 15])
+def test_s2m_valid_prefix_then_bad_descriptor(request: pytest.FixtureRequest, kind: str,
+                                              at: int) -> None:
+    r = make_rig(request, log2=4)
+    rx = r.server_rx()
+    pkts = [pkt(60 + i, i) for i in range(16)]
+    r.publish_s2m(0, pkts, bad={at: BAD_S2M[kind]})
+    out: list[bytes] = []
+    assert rx.read_burst(64, out) == 15
+    assert [bytes(p) for p in out] == pkts[:at] + pkts[at + 1:]
+    assert (rx.stats.packets, rx.stats.drops, rx.stats.bad_descriptors) == (15, 1, 1)
+    assert rx.stats.bytes == sum(map(len, pkts)) - len(pkts[at])
+    assert r.tail(S2M) == 16 and rx.available() == 0
+
+
+@pytest.mark.parametrize("at", [0, 3, 13])
+def test_s2m_valid_prefix_then_chain(request: pytest.FixtureRequest, at: int) -> None:
+    r = make_rig(request, log2=4, bsize=256)
+    tx, rx = r.client_tx(), r.server_rx()
+    pkts = [pkt(50 + i, i) for i in range(14)]
+    pkts[at] = pkt(600, 99)  # a 3-slot chain in the middle of single-slot packets
+    write_all(tx, pkts)
+    out: list[bytes] = []
+    assert rx.read_burst(64, out) == 14
+    assert [bytes(p) for p in out] == pkts
+    assert (rx.stats.packets, rx.stats.bytes, rx.stats.drops) == (14, sum(map(len, pkts)), 0)
+    assert r.tail(S2M) == 16
+
+
+def test_s2m_read_burst_max_packets_counts_across_the_slow_path(
+        request: pytest.FixtureRequest) -> None:
+    r = make_rig(request, log2=4, bsize=256)
+    tx, rx = r.client_tx(), r.server_rx()
+    pkts = [pkt(40, 0), pkt(41, 1), pkt(600, 2), pkt(42, 3), pkt(700, 4), pkt(43, 5),
+            pkt(44, 6)]
+    write_all(tx, pkts)
+    got: list[bytes] = []
+    for want in (3, 1, 2, 64):  # a prefix, a chain, a single, a chain, ... cut anywhere
+        out: list[bytes] = []
+        n = rx.read_burst(want, out)
+        assert n == len(out) == min(want, len(pkts) - len(got))
+        got += [bytes(p) for p in out]
+    assert got == pkts and rx.available() == 0
+
+
+def test_s2m_prefix_then_incomplete_chain_in_a_full_ring(request: pytest.FixtureRequest) -> None:
+    """A full ring: 5 packets, then the first 3 slots of a chain.  The prefix is taken and
+    the chain waits for the rest (it is shorter than the ring, so it may still end)."""
+    r = make_rig(request, log2=3, bsize=256)
+    rx = r.server_rx()
+    offs = r.bufs(S2M)
+    pkts = [pkt(30 + i, i) for i in range(5)]
+    r.publish_s2m(0, pkts)
+    chain = pkt(256 * 3 + 10, 7)
+    for j in range(3):
+        r.fill(offs[5 + j], chain[256 * j:256 * (j + 1)])
+        r.put_desc(S2M, 5 + j, DESC_FLAG_NEXT, 0, 256, offs[5 + j])
+    r.set_head(S2M, 8)
+    out: list[bytes] = []
+    assert rx.read_burst(64, out) == 5 and [bytes(p) for p in out] == pkts
+    assert r.tail(S2M) == 5 and rx.available() == 3
+    assert rx.read_burst(64, out) == 0  # the rest of the chain is not published yet
+    r.fill(offs[0], chain[768:])
+    r.put_desc(S2M, 0, 0, 0, 10, offs[0])  # slot 8 & 7: the last segment
+    r.set_head(S2M, 9)
+    out = []
+    assert rx.read_burst(64, out) == 1 and bytes(out[0]) == chain
+    assert r.tail(S2M) == 9
+
+
+def test_s2m_chain_filling_the_whole_ring_is_still_a_violation(rig: Rig) -> None:
+    rx = rig.server_rx()
+    offs = rig.bufs(S2M)
+    for j in range(8):
+        rig.put_desc(S2M, j, DESC_FLAG_NEXT, 0, 64, offs[j])
+    rig.set_head(S2M, 8)
+    with pytest.raises(ProtocolViolation, match="chain longer than the ring"):
+        rx.read_burst(64, [])
+    assert rig.tail(S2M) == 0
+
+
+def _multi_region_rig(request: pytest.FixtureRequest) -> tuple[Rig, list[Region], S2MConsumer]:
+    r = make_rig(request, log2=4, bsize=256)
+    extra = [Region.create(4096), Region.create(8192)]
+    for e in extra:
+        request.addfinalizer(e.close)
+    regions = [r.region, *extra]
+    rx = S2MConsumer(regions, 0, r.off(S2M), 4, r.rl)
+    r.rings.append(rx)
+    return r, regions, rx
+
+
+def _spread(r: Rig, regions: list[Region], n: int) -> list[bytes]:
+    """Slot j's packet lives in region j % 3 (a VPP zero-copy client: one region per pool)."""
+    pkts = []
+    for j in range(n):
+        g = j % 3
+        data = pkt(20 + j, j)
+        off = r.bufs(S2M)[j] if g == 0 else 200 * j
+        regions[g].mm[off:off + len(data)] = data
+        r.put_desc(S2M, j, 0, g, len(data), off)
+        pkts.append(data)
+    r.set_head(S2M, n)
+    return pkts
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_s2m_window_across_regions(request: pytest.FixtureRequest, zero_copy: bool) -> None:
+    r, regions, rx = _multi_region_rig(request)
+    pkts = _spread(r, regions, 16)
+    out: list[Any] = []
+    assert rx.read_burst(64, out, zero_copy=zero_copy) == 16
+    assert [bytes(p) for p in out] == pkts
+    assert all(isinstance(p, memoryview) for p in out) is zero_copy
+    assert (rx.stats.packets, rx.stats.bytes, rx.stats.drops) == (16, sum(map(len, pkts)), 0)
+    assert r.tail(S2M) == (0 if zero_copy else 16)
+    for p in out:
+        if isinstance(p, memoryview):
+            p.release()
+    rx.end_lease()
+    assert r.tail(S2M) == 16
+
+
+@pytest.mark.parametrize("bad", [{"region": 3}, {"region": 0xFFFF},
+                                 {"region": 1, "offset": 4090},  # fits region 2, not 1
+                                 {"region": 2, "offset": 8192 - 5, "length": 6},
+                                 {"region": 1, "length": 0}])
+@pytest.mark.parametrize("at", [0, 7, 15])
+def test_s2m_window_across_regions_with_a_bad_descriptor(request: pytest.FixtureRequest,
+                                                         bad: dict[str, int], at: int) -> None:
+    r, regions, rx = _multi_region_rig(request)
+    pkts = _spread(r, regions, 16)
+    f, g, length, off, _m = r.desc(S2M, at)
+    fields = {"flags": f, "region": g, "length": length, "offset": off, **bad}
+    r.put_desc(S2M, at, **fields)
+    out: list[Any] = []
+    assert rx.read_burst(64, out) == 15
+    assert [bytes(p) for p in out] == pkts[:at] + pkts[at + 1:]
+    assert (rx.stats.bad_descriptors, rx.stats.drops, rx.stats.packets) == (1, 1, 15)
+    assert r.tail(S2M) == 16
+
+
+def test_s2m_window_across_regions_with_a_chain(request: pytest.FixtureRequest) -> None:
+    """Segments of a chain may lie in different regions (§7.4)."""
+    r, regions, rx = _multi_region_rig(request)
+    pkts = _spread(r, regions, 16)
+    r.put_desc(S2M, 4, DESC_FLAG_NEXT, *r.desc(S2M, 4)[1:4])  # slots 4 and 5: one packet
+    out: list[Any] = []
+    assert rx.read_burst(64, out) == 15
+    want = [*pkts[:4], pkts[4] + pkts[5], *pkts[6:]]
+    assert [bytes(p) for p in out] == want
+
+
+@pytest.mark.parametrize("at", [0, 5, 15])
+def test_m2s_valid_prefix_then_bad_and_chain(request: pytest.FixtureRequest, at: int) -> None:
+    r = make_rig(request, log2=4, bsize=256)
+    crx = r.client_rx()
+    crx.refill()
+    offs = r.bufs(M2S)
+    vals = []
+    for j in range(16):
+        r.fill(offs[j], pkt(30 + j, j))
+        vals.append((0, 30 + j))
+    vals[at] = (0, 257)  # above the posted capacity: dropped
+    _server_fill(r, vals, 16)
+    out: list[bytes] = []
+    assert crx.read_burst(64, out) == 15
+    assert [bytes(p) for p in out] == [pkt(30 + j, j) for j in range(16) if j != at]
+    assert (crx.stats.packets, crx.stats.drops, crx.stats.bad_descriptors) == (15, 1, 1)
+    assert r.head(M2S) == 32  # drained: everything reposted
+    # now a chain after a prefix
+    stx = r.server_tx()
+    pkts = [pkt(40 + i, i) for i in range(12)]
+    pkts[at % 12] = pkt(700, 5)  # 3 slots
+    write_all(stx, pkts)
+    out = []
+    assert crx.read_burst(64, out) == 12 and [bytes(p) for p in out] == pkts
+
+
+@pytest.mark.parametrize("pattern", ["alternating", "mostly-chains", "one-chain"])
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_mixed_windows_against_chunked_reads(request: pytest.FixtureRequest, pattern: str,
+                                             direction: str) -> None:
+    """Long windows of chains and single-slot packets, read with many ``max_packets``:
+    everything arrives, in order, whatever mix of fast and slow paths reads it."""
+    r = make_rig(request, log2=7, bsize=128)
+    if direction == "s2m":
+        tx: S2MProducer | M2SProducer = r.client_tx()
+        rx: S2MConsumer | M2SConsumer = r.server_rx()
+    else:
+        crx = r.client_rx()
+        crx.refill()
+        tx, rx = r.server_tx(), crx
+
+    def size(i: int) -> int:
+        if pattern == "alternating":
+            return 300 if i % 2 else 60
+        if pattern == "mostly-chains":
+            return 60 if i % 7 == 3 else 129 + (i * 31) % 400
+        return 500 if i == 40 else 64
+
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    i = 0
+    for rnd in range(12):
+        burst = [pkt(size(i + k), i + k) for k in range(20 + rnd * 3)]
+        i += len(burst)
+        done = 0
+        while done < len(burst):  # as much as fits, then reads of several sizes
+            done += tx.write_burst(burst, done)
+            for want in (1, 7, 256):
+                out: list[bytes] = []
+                rx.read_burst(want, out)
+                got += [bytes(p) for p in out]
+        sent += burst
+        got += drain(rx)
+    assert got == sent
+    assert rx.stats.packets == len(sent) and rx.stats.drops == 0
+    assert rx.stats.bytes == sum(map(len, sent))
+
+
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_read_into_takes_one_valid_packet_or_nothing(request: pytest.FixtureRequest,
+                                                     direction: str) -> None:
+    """``read_into`` copies the one packet ready into the buffer, or returns 0 (empty) or -1
+    (chained, invalid, longer than the buffer, or more than one slot ready) having taken
+    nothing at all."""
+    r = make_rig(request, log2=3, bsize=256)
+    if direction == "s2m":
+        tx: S2MProducer | M2SProducer = r.client_tx()
+        rx: S2MConsumer | M2SConsumer = r.server_rx()
+    else:
+        crx = r.client_rx()
+        crx.refill()
+        tx, rx = r.server_tx(), crx
+    buf = memoryview(bytearray(300))
+    assert rx.read_into(buf) == 0
+    write_all(tx, [b"hello"])
+    assert rx.read_into(buf[:4]) == -1  # longer than the buffer
+    assert rx.stats.packets == 0 and rx.available() == 1
+    assert rx.read_into(buf) == 5 and bytes(buf[:5]) == b"hello"
+    write_all(tx, [pkt(200)])
+    assert rx.read_into(buf) == 200 and bytes(buf[:200]) == pkt(200)
+    assert (rx.stats.packets, rx.stats.bytes) == (2, 205)
+    write_all(tx, [pkt(600, 1)])
+    assert rx.read_into(buf) == -1  # a chain: read_burst reassembles it
+    assert rx.available() == 3 and rx.stats.packets == 2
+    out: list[Any] = []
+    assert rx.read_burst(1, out) == 1 and bytes(out[0]) == pkt(600, 1)
+    write_all(tx, [b"one", b"two"])
+    assert rx.read_into(buf) == -1  # two ready: a burst read is cheaper
+    assert rx.available() == 2 and rx.stats.packets == 3
+    assert rx.read_burst(1, out) == 1 and bytes(out[1]) == b"one"
+    assert rx.read_into(buf) == 3 and bytes(buf[:3]) == b"two"
+    assert rx.available() == 0 and rx.stats.packets == 5 and rx.stats.drops == 0
+    if direction == "s2m":
+        assert r.tail(S2M) == 7
+        r.publish_s2m(7, [b"bad"], bad={0: {"length": 0}})
+        assert rx.read_into(buf) == -1 and rx.stats.drops == 0 and r.tail(S2M) == 7
+        r.set_head(S2M, 7 + 9)
+        with pytest.raises(ProtocolViolation):
+            rx.read_into(buf)
+    else:
+        assert r.head(M2S) == 8 + 7  # drained: every consumed slot is posted again
+        r.set_tail(M2S, 7 + 9)
+        with pytest.raises(ProtocolViolation):
+            rx.read_into(buf)
