@@ -306,8 +306,16 @@ class RxQueue(Queue):
     async def read_packet_into(self, buf: Union[bytearray, memoryview]) -> int:
         """Copy the next packet into ``buf``; return its length.
 
-        A packet longer than ``buf`` raises ``ValueError`` and stays queued.
+        ``buf`` is any writable, contiguous buffer (its size counts in bytes).  A packet
+        longer than ``buf`` raises ``ValueError`` and stays queued; a read-only or
+        non-contiguous ``buf`` raises ``TypeError`` before anything is taken.
         """
+        with memoryview(buf) as whole:
+            if whole.readonly:
+                raise TypeError("read_packet_into needs a writable buffer")
+            if not whole.c_contiguous:
+                raise TypeError("read_packet_into needs a contiguous buffer")
+            capacity = whole.nbytes
         pending = self._pending
         if not pending and not self._taps:
             # One copy, straight from the slot into buf, when one packet is ready and nothing
@@ -335,10 +343,11 @@ class RxQueue(Queue):
                 self._raise_dead()
                 await self._wait_rx()
         pkt = await self.read_packet()
-        if len(pkt) > len(buf):
+        if len(pkt) > capacity:
             self._pending.appendleft(pkt)
-            raise ValueError(f"packet of {len(pkt)} bytes does not fit a {len(buf)}-byte buffer")
-        memoryview(buf)[:len(pkt)] = pkt
+            raise ValueError(f"packet of {len(pkt)} bytes does not fit a {capacity}-byte buffer")
+        with memoryview(buf) as whole, whole.cast("B") as out:
+            out[:len(pkt)] = pkt
         return len(pkt)
 
     def read_burst_nowait(self, max_packets: int) -> list[bytes]:

@@ -7,6 +7,7 @@ channel, real memfds and eventfds.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 from collections.abc import AsyncIterator
@@ -340,7 +341,15 @@ async def test_read_packet_into_edges(sock_path: str, no_leaks: None, sender: st
         exact = memoryview(bytearray(100))
         assert await asyncio.wait_for(rx.read_packet_into(exact), T) == 100
         assert bytes(exact) == b"y" * 100
-        assert await asyncio.wait_for(rx.read_packet(), T) == b"abc"
+        # unusable buffers are refused before anything is taken
+        with pytest.raises(TypeError, match="writable"):
+            await asyncio.wait_for(rx.read_packet_into(b"x" * 100), T)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="contiguous"):
+            await asyncio.wait_for(rx.read_packet_into(memoryview(buf)[::2]), T)
+        # any writable buffer, its size in bytes: 3 bytes into an array of 4-byte items
+        words = array.array("I", [0xFFFFFFFF])
+        assert await asyncio.wait_for(rx.read_packet_into(words), T) == 3  # type: ignore[arg-type]
+        assert words.tobytes() == b"abc\xff"
         # straight from the ring this time (nothing queued before it): too small, then fits
         with pytest.raises(ValueError, match="does not fit"):
             await asyncio.wait_for(rx.read_packet_into(bytearray(2047)), T)
