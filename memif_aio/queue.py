@@ -29,6 +29,7 @@ from . import eventfd
 from .config import RxMode
 from .errors import Disconnected, ProtocolViolation, WouldBlock
 from .ring import M2SConsumer, M2SProducer, S2MConsumer, S2MProducer
+from .wire import RING_FLAG_MASK_INT
 
 RxRing = Union[S2MConsumer, M2SConsumer]
 #: ``tap(qid, is_rx, packets)``: sees every packet received or sent (see Interface.add_tap)
@@ -474,6 +475,10 @@ class TxQueue(Queue):
                  tx_timeout: float | None = None, taps: list[Tap] | None = None) -> None:
         super().__init__(owner, qid, ring, eventfd, taps)
         self._ring: TxRing = ring
+        # ring.peer_wants_interrupt(), inlined on the per-packet path: the u16 view of the
+        # ring header and the index of its flags
+        self._ring_idx = ring.idx
+        self._flags_i = ring._flags_i
         self._tx_timeout = tx_timeout
         self._signals = 0
         self._signal_pending = False
@@ -514,11 +519,13 @@ class TxQueue(Queue):
             self._violation(exc)
             self._raise_dead()
             raise Disconnected(exc.reason) from None
-        if ok and not self._signal_pending and self._ring.peer_wants_interrupt():
-            self._signal_pending = True
-            self._loop.call_soon(self._signal)
-        if ok and self._taps:
-            self._tap((data,), False)
+        if ok:
+            if not self._signal_pending and \
+                    not self._ring_idx[self._flags_i] & RING_FLAG_MASK_INT:
+                self._signal_pending = True
+                self._loop.call_soon(self._signal)
+            if self._taps:
+                self._tap((data,), False)
         return ok
 
     def _signal(self) -> None:
@@ -614,7 +621,21 @@ class TxQueue(Queue):
         """
         if self._budget <= 0:
             await self._take_turn()  # before publishing, never after
-        if self._write_one(data):
+        if self._dead is None and not self._taps:  # _write_one, inlined: the common case
+            try:
+                ok = self._ring.write_one(data)
+            except ProtocolViolation as exc:
+                self._violation(exc)
+                self._raise_dead()
+                raise Disconnected(exc.reason) from None
+            if ok:
+                if not self._signal_pending and \
+                        not self._ring_idx[self._flags_i] & RING_FLAG_MASK_INT:
+                    self._signal_pending = True
+                    self._loop.call_soon(self._signal)
+                self._budget -= 1
+                return len(data)
+        elif self._write_one(data):
             self._budget -= 1
             return len(data)
         retry = _Backoff(self._tx_timeout)

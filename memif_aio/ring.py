@@ -27,7 +27,9 @@ slow path takes that one packet, and the fast path resumes after it.
 from __future__ import annotations
 
 import array
+import sys
 from dataclasses import dataclass
+from itertools import accumulate
 from operator import add, gt, truth
 from typing import Any, MutableSequence, Sequence
 
@@ -56,6 +58,19 @@ _L32 = DESC_LENGTH_OFF // 4
 _O32 = DESC_OFFSET_OFF // 4
 assert DESC_FLAGS_OFF % 2 == 0 and DESC_REGION_OFF % 2 == 0
 assert DESC_LENGTH_OFF % 4 == 0 and DESC_OFFSET_OFF % 4 == 0
+# ``flags`` and ``region`` share the first u32 of a descriptor and ``length`` is the second, so a
+# producer that owns a slot writes all three with one u64 store (``d64``) and the
+# ``flags``/``region`` pair of a run with one strided u32 store (``_FR32``).
+assert (DESC_FLAGS_OFF, DESC_REGION_OFF, DESC_LENGTH_OFF) == (0, 2, 4) and DESC_SIZE % 8 == 0
+_FR32 = DESC_FLAGS_OFF // 4
+_W64 = DESC_SIZE // 8
+_BIG = sys.byteorder == "big"
+#: shifts of ``flags`` and ``length`` inside the u64 at a descriptor's start (native order)
+_FLAGS_SHIFT, _LEN_SHIFT = (48, 0) if _BIG else (0, 32)
+#: a run of single-buffer packets is laid out back to back (S2MProducer._put) while its
+#: packets average at most this many bytes: beyond it, copying them twice (join, then
+#: the slice) costs more than one slice assignment per packet saves
+PACK_MEAN_MAX = 1024
 
 Packets = Sequence[Any]  # bytes-like objects
 
@@ -130,6 +145,7 @@ class _Ring:
         "buf",
         "d16",
         "d32",
+        "d64",
         "desc0",
         "idx",
         "layout",
@@ -163,6 +179,7 @@ class _Ring:
         descs = buf[self.desc0:offset + nbytes]
         self.d16 = descs.cast("H")
         self.d32 = descs.cast("I")
+        self.d64 = descs.cast("Q")  # [s * _W64]: flags, region and length of slot s, at once
         self._zeros16 = memoryview(array.array("H", bytes(2 * self.size)))
         self.stats = RingStats()
 
@@ -193,7 +210,7 @@ class _Ring:
 
     def release(self) -> None:
         """Drop the views into shared memory (before the region is unmapped)."""
-        for view in (self.idx, self.d16, self.d32):
+        for view in (self.idx, self.d16, self.d32, self.d64):
             view.release()
 
     # --- descriptor access (one slot; the slow paths) -------------------------
@@ -340,7 +357,7 @@ class _ClientRing(_Ring):
 
     The client's rings and buffers all live in its one region, region 0 (§6.4)."""
 
-    __slots__ = ("_bsize_arr", "_offs_arr", "bsize", "mm", "slot_offsets")
+    __slots__ = ("_bsize_arr", "_offs_arr", "_zeros32", "bsize", "mm", "slot_offsets")
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout, buffer_offsets: Sequence[int], buffer_size: int) -> None:
@@ -354,6 +371,7 @@ class _ClientRing(_Ring):
         self.mm = regions[region].mm
         self._offs_arr = memoryview(array.array("I", self.slot_offsets))
         self._bsize_arr = memoryview(array.array("I", [buffer_size] * self.size))
+        self._zeros32 = memoryview(array.array("I", bytes(4 * self.size)))
 
     def release(self) -> None:
         super().release()
@@ -362,21 +380,25 @@ class _ClientRing(_Ring):
     def _post_run(self, s: int, n: int, lengths: Any) -> None:
         """Write descriptors of slots ``s..s+n`` (no wrap): region 0, our buffer,
         ``lengths``, flags 0.  We own these slots, so every field is rewritten."""
-        d16 = self.d16
         d32 = self.d32
-        e16 = (s + n) * _W16
         e32 = (s + n) * _W32
-        zeros = self._zeros16[:n]
-        d16[s * _W16 + _F16:e16:_W16] = zeros
-        d16[s * _W16 + _R16:e16:_W16] = zeros
+        d32[s * _W32 + _FR32:e32:_W32] = self._zeros32[:n]  # flags and region: 0
         d32[s * _W32 + _O32:e32:_W32] = self._offs_arr[s:s + n]
         d32[s * _W32 + _L32:e32:_W32] = lengths
 
 
 class S2MProducer(_ClientRing, _Producer):
-    """Client transmit (S2M).  Only we write ``head`` (``_pos``); the server writes ``tail``."""
+    """Client transmit (S2M).  Only we write ``head`` (``_pos``); the server writes ``tail``.
 
-    __slots__ = ()
+    Back-to-back layout (:meth:`_put`): a run of small single-buffer packets is copied with
+    one join and one slice assignment, packed against the *end* of the run's last buffer, and
+    each descriptor carries its packet's offset (docs/performance.md, "Where the time goes").
+    Packet ``i`` of a run of slots ``s..s+n-1`` then lies within the buffers of slots
+    ``s+i..s+n-1``: never in a buffer of a slot the server may still own, and once the
+    server's ``tail`` has passed a slot, it has passed every packet stored in that slot's
+    buffer (the server may release part of a run: DPDK reads 32 at a time)."""
+
+    __slots__ = ("_packable",)
 
     def __init__(self, regions: list[Region], region: int, offset: int, log2_ring_size: int,
                  layout: RingLayout, buffer_offsets: Sequence[int], buffer_size: int) -> None:
@@ -385,6 +407,9 @@ class S2MProducer(_ClientRing, _Producer):
         self._pub_i = self._head_i
         self._pos = 0
         self.idx[self._head_i] = 0
+        # back to back needs the slots' buffers laid out in order, one after the other
+        offs = self.slot_offsets
+        self._packable = all(o == offs[0] + i * buffer_size for i, o in enumerate(offs))
 
     def free_slots(self) -> int:
         used = (self._pos - self.idx[self._tail_i]) & 0xFFFF
@@ -413,24 +438,52 @@ class S2MProducer(_ClientRing, _Producer):
         k = min(free, total)
         batch = packets[start:start + k] if (start or k < len(packets)) else packets
         lens = list(map(len, batch))
-        if max(lens) <= self.bsize and min(lens) > 0:
+        longest = max(lens)
+        shortest = min(lens)
+        if longest <= self.bsize and shortest > 0:
             # fast path: one buffer per packet
             if k < total:  # the rest waits for room: refuse now if one of them never fits
                 _check_fits(packets, start + k, self.size * self.bsize, self.bsize)
-            mm = self.mm
-            offs = self.slot_offsets
             s = head & self.mask
-            run = min(k, self.size - s)
-            for p, o, n in zip(batch, offs[s:s + run], lens):
-                mm[o:o + n] = p
-            self._post_run(s, run, array.array("I", lens[:run]))
-            if run < k:
-                for p, o, n in zip(batch[run:], offs, lens[run:]):
-                    mm[o:o + n] = p
-                self._post_run(0, k - run, array.array("I", lens[run:]))
-            self._publish(head + k, k, sum(lens))
+            run = self.size - s
+            nbytes = sum(lens)
+            equal = longest == shortest
+            if run >= k:
+                self._put(s, batch, lens, nbytes, equal)
+            else:  # two runs: before and after the ring wraps (never packed across it)
+                first = sum(lens[:run])
+                self._put(s, batch[:run], lens[:run], first, equal)
+                self._put(0, batch[run:], lens[run:], nbytes - first, equal)
+            self._publish(head + k, k, nbytes)
             return k
         return self._write_slow(packets, start, free)
+
+    def _put(self, s: int, pkts: Packets, lens: list[int], nbytes: int, equal: bool) -> None:
+        """Copy single-buffer packets into slots ``s..s+n-1`` (no wrap) and write their
+        descriptors; nothing is published.  ``equal``: all of ``lens`` are the same.
+
+        Small packets go back to back, against the end of slot ``s+n-1``'s buffer (see the
+        class docstring): one join, one slice assignment, offsets from a running sum.  The
+        others go one per slot, at the start of the slot's own buffer."""
+        n = len(lens)
+        d32 = self.d32
+        b32 = s * _W32
+        e32 = b32 + n * _W32
+        if n > 1 and self._packable and nbytes <= PACK_MEAN_MAX * n:
+            end = self.slot_offsets[s] + n * self.bsize
+            base = end - nbytes
+            self.mm[base:end] = b"".join(pkts)
+            offsets = array.array("I", range(base, end, lens[0]) if equal else
+                                  accumulate(lens[:-1], initial=base))
+            d32[b32 + _FR32:e32:_W32] = self._zeros32[:n]
+            d32[b32 + _O32:e32:_W32] = offsets
+        else:
+            mm = self.mm
+            for p, o, m in zip(pkts, self.slot_offsets[s:s + n], lens):
+                mm[o:o + m] = p
+            d32[b32 + _FR32:e32:_W32] = self._zeros32[:n]
+            d32[b32 + _O32:e32:_W32] = self._offs_arr[s:s + n]
+        d32[b32 + _L32:e32:_W32] = array.array("I", lens)
 
     def write_one(self, pkt: Any) -> bool:
         """Publish one packet if there is room: the per-packet fast path of ``write_burst``."""
@@ -444,15 +497,14 @@ class S2MProducer(_ClientRing, _Producer):
         s = head & self.mask
         o = self.slot_offsets[s]
         self.mm[o:o + length] = pkt
-        b16 = s * _W16
-        b32 = s * _W32
-        d16 = self.d16
-        d32 = self.d32
-        d16[b16 + _F16] = 0
-        d16[b16 + _R16] = 0
-        d32[b32 + _O32] = o
-        d32[b32 + _L32] = length
-        self._publish(head + 1, 1, length)
+        self.d64[s * _W64] = length << _LEN_SHIFT  # flags 0, region 0, length
+        self.d32[s * _W32 + _O32] = o
+        # publish (as _publish, inlined: this is the per-packet path)
+        self._pos = head = (head + 1) & 0xFFFF
+        self.idx[self._head_i] = head
+        st = self.stats
+        st.packets += 1
+        st.bytes += length
         return True
 
     def reserve(self, count: int, size: int) -> list[memoryview] | None:
@@ -495,7 +547,8 @@ class S2MProducer(_ClientRing, _Producer):
         bsize = self.bsize
         mm = self.mm
         offs = self.slot_offsets
-        d16 = self.d16
+        d64 = self.d64
+        d32 = self.d32
         n = nbytes = 0
         for i in range(start, len(packets)):
             pkt = packets[i]
@@ -513,16 +566,16 @@ class S2MProducer(_ClientRing, _Producer):
                 break
             mv = memoryview(pkt)
             pos = 0
-            for _ in range(need):
+            for _ in range(need):  # one segment per slot: scalar stores
                 s = head & mask
                 o = offs[s]
                 seg = min(bsize, length - pos)
                 mm[o:o + seg] = mv[pos:pos + seg]
                 pos += seg
-                self._post_run(s, 1, self._bsize_arr[:1] if seg == bsize else
-                               array.array("I", (seg,)))
-                if pos < length:
-                    d16[s * _W16 + _F16] = DESC_FLAG_NEXT
+                # flags (NEXT but on the last segment), region 0, length; then the offset
+                d64[s * _W64] = (seg << _LEN_SHIFT) | \
+                    ((DESC_FLAG_NEXT << _FLAGS_SHIFT) if pos < length else 0)
+                d32[s * _W32 + _O32] = o
                 head += 1
             free -= need
             nbytes += length

@@ -181,6 +181,30 @@ async def test_bursts_keep_order_and_lose_nothing(sock_path: str, no_leaks: None
         assert sent == len(pkts) and got == pkts
 
 
+@pytest.mark.parametrize("sizes", [(60,), (1, 2048, 60, 700, 33, 1500, 64, 3)])
+async def test_back_to_back_bursts_under_partial_reads(sock_path: str, no_leaks: None,
+                                                      sizes: tuple[int, ...]) -> None:
+    """The slave lays small bursts out back to back (S2MProducer._put); the master reads
+    a few at a time (its queue takes at most 64 from the ring per refill, of bursts of up to
+    256), so the slave keeps reusing slots of a burst still partly unread."""
+    mc = MemoryConfig(log2_ring_size=8)
+    async with pair(sock_path, slave={"memory_config": mc}) as (_sock, m, s):
+        pkts = [payload(i, sizes[i % len(sizes)]) for i in range(3000)]
+
+        async def recv() -> list[bytes]:
+            got: list[bytes] = []
+            q = m.get_rx_queue(0)
+            while len(got) < len(pkts):
+                got.extend(await q.read_burst(1 + len(got) % 5))
+                await asyncio.sleep(0)  # let the slave refill the slots just given back
+            return got
+
+        sent, got = await asyncio.wait_for(
+            asyncio.gather(write_all(s.get_tx_queue(0), pkts), recv()), T * 4)
+        assert sent == len(pkts) and got == pkts
+        assert m.get_rx_queue(0).stats().bad_descriptors == 0
+
+
 @pytest.mark.parametrize("secret,expected", [(b"", "secret required"),
                                              (b"wrong", "incorrect secret")])
 async def test_secret_refused(sock_path: str, no_leaks: None, secret: bytes,
