@@ -62,12 +62,16 @@ logging.getLogger("memif_aio").addHandler(logging.NullHandler())
 if TYPE_CHECKING:
     from .capture import Capture, PcapWriter
     from .cli.status import format_show
+    from .workers import WorkerEvent, WorkerInfo, WorkerPool
 
 #: names imported on first use: ``import memif_aio`` loads the library only
 _LAZY = {
     "Capture": ".capture",
     "PcapWriter": ".capture",
     "format_show": ".cli.status",
+    "WorkerEvent": ".workers",
+    "WorkerInfo": ".workers",
+    "WorkerPool": ".workers",
 }
 
 
@@ -127,6 +131,9 @@ __all__ = [
     "Subscription",
     "TxQueue",
     "WireError",
+    "WorkerEvent",
+    "WorkerInfo",
+    "WorkerPool",
     "WouldBlock",
     "decode_message",
     "format_show",

@@ -340,15 +340,16 @@ def test_import_memif_aio_loads_the_library_only(sock_dir: str) -> None:
     assert {"memif_aio", "memif_aio.interface", "memif_aio.socket", "memif_aio.serving"} <= \
         loaded, loaded
     forbidden = ("memif_aio.capture", "memif_aio.status", "memif_aio.cli", "memif_aio.testing",
-                 "memif_aio.testpmd")
+                 "memif_aio.testpmd", "memif_aio.workers")
     bad = sorted(m for m in loaded for f in forbidden if m == f or m.startswith(f + "."))
     assert not bad, f"import memif_aio loaded {bad}"
 
     code = ("import sys, memif_aio\n"
-            "from memif_aio import Capture, PcapWriter, format_show\n"
-            "import memif_aio.capture as c, memif_aio.cli.status as s\n"
+            "from memif_aio import Capture, PcapWriter, format_show, WorkerPool\n"
+            "import memif_aio.capture as c, memif_aio.cli.status as s, memif_aio.workers as w\n"
             "assert (Capture, PcapWriter, format_show) == (c.Capture, c.PcapWriter, "
             "s.format_show)\n"
+            "assert WorkerPool is w.WorkerPool\n"
             "assert {'Capture', 'PcapWriter', 'format_show', 'serve'} <= set(dir(memif_aio))\n"
             "assert set(memif_aio.__all__) <= set(dir(memif_aio))\n"
             "try:\n"
