@@ -216,10 +216,19 @@ class RxQueue(Queue):
             self._owner.protocol_violation(exc.strerror or "interrupt eventfd made blocking")
             return
         self._ring.stats.interrupts += 1
-        for w in self._waiters:
+        waiters = self._waiters
+        if not waiters:
+            # Nobody waits: stop listening until somebody does (_wait_rx listens again).
+            # A peer that signals while its packets are not being read (DPDK's net_memif
+            # writes the eventfd on every transmit call, even one that found the ring full)
+            # would otherwise wake the loop for nothing, over and over.
+            self._loop.remove_reader(self._efd)
+            self._reading = False
+            return
+        for w in waiters:
             if not w.done():
                 w.set_result(None)
-        self._waiters.clear()
+        waiters.clear()
 
     def _fill(self, n: int = _BATCH) -> int:
         if self._dead is not None:
@@ -270,6 +279,11 @@ class RxQueue(Queue):
             ring.set_interrupt_mask(False)  # going idle: ask for interrupts, then re-check
             if self._fill():
                 return
+        if not self._reading and self._dead is None:
+            # listen again (see _on_interrupt); a signal that came meanwhile left the
+            # eventfd readable, so it wakes this wait at once
+            self._loop.add_reader(self._efd, self._on_interrupt)
+            self._reading = True
         fut = self._loop.create_future()
         waiters = self._waiters
         waiters.append(fut)

@@ -790,3 +790,33 @@ async def test_a_peer_that_stops_producing_costs_no_cpu(sock_path: str, no_leaks
         assert cpu < 0.2 * wall, f"an idle reader burned {cpu:.3f} s of CPU in {wall:.3f} s"
         await s.get_tx_queue(0).write_packet(b"again")  # and comes back
         assert await asyncio.wait_for(reader, T) == b"again"
+
+
+@pytest.mark.parametrize("mode", [RxMode.INTERRUPT, RxMode.ADAPTIVE])
+async def test_signals_nobody_waits_for_do_not_wake_the_loop(sock_path: str, no_leaks: None,
+                                                              mode: RxMode) -> None:
+    """A peer that keeps signalling while nobody waits on the queue (DPDK's net_memif writes
+    the eventfd on every transmit call, even one that found the ring full) wakes the loop
+    once, not once per signal: the queue stops listening until a reader waits again, and
+    that reader still gets what was sent meanwhile (no lost wake-up)."""
+    async with pair(sock_path, master={"rx_mode": mode}) as (_sock, m, s):
+        rx = m.get_rx_queue(0)
+        efd = rx.get_event_fd()
+        await s.get_tx_queue(0).write_packet(b"first")
+        assert await asyncio.wait_for(rx.read_packet(), T) == b"first"
+        before = rx.stats().interrupts
+        for _ in range(50):  # the peer's signals, with loop turns between them
+            os.eventfd_write(efd, 1)
+            await asyncio.sleep(0)
+        assert rx.stats().interrupts - before <= 1
+        # the eventfd still holds signals: a reader that waits now is woken by them and
+        # by what the peer sends next, on both paths (a wait that finds the ring empty)
+        reader = asyncio.ensure_future(rx.read_packet())
+        await asyncio.sleep(0.01)
+        await s.get_tx_queue(0).write_packet(b"again")
+        assert await asyncio.wait_for(reader, T) == b"again"
+        for k in range(3):  # and it keeps working in the usual wait-wake rhythm
+            reader = asyncio.ensure_future(rx.read_packet())
+            await asyncio.sleep(0.01)
+            await s.get_tx_queue(0).write_packet(b"n%d" % k)
+            assert await asyncio.wait_for(reader, T) == b"n%d" % k
