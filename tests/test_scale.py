@@ -29,27 +29,13 @@ from typing import Any
 import pytest
 from _harness import until
 
+from benchmarks.scale import thread_switches
 from memif_aio import Arguments, Interface, MemoryConfig, RxMode, Socket, eventfd
 from memif_aio import socket as memif_socket
 
 N = 64
 SMALL = MemoryConfig(log2_ring_size=8)
 FAST: dict[str, Any] = {"reconnect_min_delay": 0.01, "reconnect_max_delay": 0.05}
-
-
-def thread_switches(exclude: int) -> dict[int, int]:
-    """Context switches (voluntary or not) of every thread of this process but ``exclude``."""
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        if int(tid) == exclude:
-            continue
-        try:
-            with open(f"/proc/self/task/{tid}/status") as f:
-                out[int(tid)] = sum(int(line.split()[1]) for line in f if line.startswith(
-                    ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
-        except OSError:  # the thread exited meanwhile
-            continue
-    return out
 
 
 async def idle_switches(seconds: float) -> dict[int, int]:
