@@ -25,6 +25,7 @@ from memif_aio.ring import (
     S2MConsumer,
     S2MProducer,
     _Ring,
+    _window,
     check_ring_geometry,
     validate_initial_indices,
 )
@@ -885,6 +886,47 @@ def test_m2s_client_ignores_region_and_offset_written_by_server(rig: Rig) -> Non
     assert crx.stats.bad_descriptors == 0
     # and the repost restores the slot's own buffer
     assert rig.desc(M2S, 0) == (0, 0, 2048, offs[0], 0)
+
+
+def test_window_check_agrees_with_the_plain_one() -> None:
+    """The fast paths' length check (count, then sorted) says exactly what ``all(0 < m <=
+    limit)`` says, and gives the longest length and the total, for equal, rising, mixed and
+    invalid windows, small ints (cached) and large ones alike."""
+    import random
+    rnd = random.Random(14)
+    windows = [[64] * 256, [1500] * 256, [0] * 3, [2048] * 5, [2049] * 5, [1],
+               list(range(1, 257)), list(range(256, 0, -1)), [64] * 255 + [0],
+               [0] + [64] * 255, [64] * 128 + [2049] + [64] * 127]
+    windows += [[rnd.choice((0, 1, 60, 64, 1500, 2048, 2049, 65535, 70000))
+                 for _ in range(rnd.randint(1, 300))] for _ in range(300)]
+    for lens in windows:
+        for limit in (2048, 65535):
+            plain = all(0 < m <= limit for m in lens)
+            assert _window(lens, limit) == ((max(lens), sum(lens)) if plain else None), lens
+
+
+def test_m2s_repost_of_a_run_restores_what_the_server_changed(rig: Rig) -> None:
+    """A repost of many slots at once (after a burst) rewrites every capacity and puts back
+    flags, region and offset wherever the server left them changed: a chain's NEXT, and
+    region and offset a server broke §7.3 with.  The data is read from the shadow."""
+    crx = rig.client_rx()
+    crx.refill()
+    offs = rig.bufs(M2S)
+    n = 8
+    for i in range(n):
+        rig.fill(offs[i], b"p%d" % i)
+        rig.put_desc(M2S, i, 0, 0, 2, offs[i])
+    rig.put_desc(M2S, 2, 0, 7, 2, offs[2])  # another region
+    rig.put_desc(M2S, 5, 0, 0, 2, 0)  # another offset (the ring header)
+    rig.put_desc(M2S, 6, DESC_FLAG_NEXT, 0, 2, offs[6])  # a chain of slots 6 and 7
+    rig.set_tail(M2S, n)
+    out: list[bytes] = []
+    assert crx.read_burst(64, out) == n - 1
+    assert [bytes(p) for p in out] == [b"p0", b"p1", b"p2", b"p3", b"p4", b"p5", b"p6p7"]
+    assert crx.stats.bad_descriptors == 0
+    assert rig.head(M2S) == rig.R + n  # all of them posted again, at once
+    assert [rig.desc(M2S, i)[:4] for i in range(n)] == \
+        [(0, 0, rig.bsize, offs[i]) for i in range(n)]
 
 
 @pytest.mark.parametrize("region, offset, cap", [(3, 0, 2048), (0, 0xFFFFFFFF, 2048),
