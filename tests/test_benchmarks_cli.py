@@ -239,3 +239,33 @@ def test_micro_prints_every_case_and_compares_two_checkouts() -> None:
         assert len(values) == 6 and all(float(v) > 0 for v in values)
     bad = _run("benchmarks.rxmicro", "--cases", "no-such-case", timeout=60)
     assert bad.returncode != 0 and "unknown case" in bad.stderr
+
+
+# --- benchmarks.binding (memif_aio beside the libmemif C-extension binding) -----------------
+def test_binding_ratio_says_memif_aio_ahead_above_one_for_rates_and_round_trips() -> None:
+    from benchmarks.binding import summarize
+
+    rate = summarize([4.0, 6.0, 5.0], [2.0, 3.0, 2.5], "Mpps")
+    assert rate["ratio"] == 2.0
+    assert rate["memif_aio"]["median"] == 5.0 and rate["binding"]["median"] == 2.5
+    assert (rate["memif_aio"]["min"], rate["memif_aio"]["max"]) == (4.0, 6.0)
+    # a round trip: shorter is better, so binding / memif_aio
+    rtt = summarize([2.0, 2.0, 3.0], [4.0, 5.0, 6.0], "us RTT")
+    assert rtt["ratio"] == 2.5
+    with pytest.raises(ValueError):
+        summarize([], [1.0], "Mpps")
+
+
+def test_binding_runner_refuses_unknown_rows_and_names_the_missing_binding() -> None:
+    r = _run("benchmarks.binding", "--only", "rx,bogus", timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "bogus" in r.stderr and "pingpong-busy-poll" in r.stderr
+    r = _run("benchmarks.binding", "--rounds", "0", timeout=60)
+    assert r.returncode == 2 and "--rounds" in r.stderr
+    # a module that is not there: exit 2 and say how to get the binding, before any testpmd
+    r = _run("benchmarks.binding", "--module", "memif_aio_no_such_binding", timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "memif_aio_no_such_binding" in r.stderr and "python-memif" in r.stderr
+    # a module that is there but is not python-memif
+    r = _run("benchmarks.binding", "--module", "json", timeout=60)
+    assert r.returncode == 2 and "has no NativeMemif" in r.stderr
