@@ -316,6 +316,10 @@ class RxQueue(Queue):
                 self._spins = 0
                 return pending.popleft()
             self._raise_dead()
+            if self._mode is RxMode.POLLING:  # _wait_rx's polling branch, inline (no coroutine)
+                if not self._spin():
+                    await asyncio.sleep(0)  # let the rest of the program run between spins
+                continue
             await self._wait_rx()
 
     async def read_packet_into(self, buf: Union[bytearray, memoryview]) -> int:

@@ -69,6 +69,8 @@ _BIG = sys.byteorder == "big"
 _FLAGS_SHIFT, _LEN_SHIFT = (48, 0) if _BIG else (0, 32)
 #: ``region`` and ``flags`` inside the u32 at a descriptor's start (native order)
 _REGION_SHIFT, _FLAGS_MASK32 = (0, 0xFFFF0000) if _BIG else (16, 0xFFFF)
+#: ``flags`` and ``region`` inside the u64 at a descriptor's start (native order)
+_FR_MASK64 = 0xFFFFFFFF << (32 - _LEN_SHIFT)
 #: a run of single-buffer packets is laid out back to back (S2MProducer._put) while its
 #: packets average at most this many bytes: beyond it, copying them twice (join, then
 #: the slice) costs more than one slice assignment per packet saves
@@ -704,9 +706,11 @@ class M2SConsumer(_ClientRing, _Consumer):
     def read_into(self, buf: memoryview) -> int:
         """Copy the one packet ready straight from its slot into ``buf`` (a writable byte
         view) and consume it; return its length.  0: nothing to read.  -1: nothing taken,
-        because the packet is chained, invalid or longer than ``buf``, or because more than
-        one slot is ready (``read_burst`` handles those: a burst read costs less per packet
-        than this one-packet path, which is for the ping-pong case)."""
+        because the packet is chained, invalid or longer than ``buf``, because the server
+        wrote a region into the slot (the shadow is read regardless; ``read_burst`` puts the
+        descriptor back), or because more than one slot is ready (``read_burst`` handles
+        those: a burst read costs less per packet than this one-packet path, which is for
+        the ping-pong case)."""
         pos = self._pos
         n = (self.idx[self._tail_i] - pos) & 0xFFFF
         if n != 1:
@@ -714,22 +718,41 @@ class M2SConsumer(_ClientRing, _Consumer):
                 raise ProtocolViolation("M2S tail moved past the buffers we posted")
             return -1 if n else 0
         s = pos & self.mask
-        length = self.d32[s * _W32 + _L32]
-        if self.d16[s * _W16 + _F16] or not 0 < length <= len(buf) or length > self.bsize:
+        v = self.d64[s * _W64]  # flags, region and length in one load
+        length = (v >> _LEN_SHIFT) & 0xFFFFFFFF
+        if v & _FR_MASK64 or not 0 < length <= len(buf) or length > self.bsize:
             return -1
         o = self.slot_offsets[s]
         buf[:length] = self.buf[o:o + length]
-        # what _took and _consumed do, inline (this is the per-packet path)
+        self._took_one(pos, length)
+        return length
+
+    def _took_one(self, pos: int, length: int) -> None:
+        """One packet taken at ``pos``: what ``_took``, ``_consumed`` and ``refill`` do, in
+        one call (the per-packet path).  In a ping-pong the ring is drained and the slot
+        just read is the only free one: it is reposted with two scalar stores, offset and
+        capacity.  The callers take a slot only when its flags and region read 0, so those
+        need no store."""
         self._pos = pos = (pos + 1) & 0xFFFF
         st = self.stats
         st.packets += 1
         st.bytes += length
-        if self.idx[self._tail_i] == pos:
-            self.refill()  # drained: post everything (see _consumed)
+        if self.idx[self._tail_i] == pos:  # drained: post everything (see _consumed)
+            head = self._head
+            # one free slot, the one just read (a lease in progress would hold more)
+            if (head - pos) & 0xFFFF == self.size - 1:
+                s = head & self.mask
+                b32 = s * _W32
+                d32 = self.d32
+                d32[b32 + _O32] = self.slot_offsets[s]
+                d32[b32 + _L32] = self.bsize
+                self._head = head = (head + 1) & 0xFFFF
+                self.idx[self._head_i] = head
+            else:
+                self.refill()
         elif self._held is not None or \
                 self.size - ((self._head - pos) & 0xFFFF) >= self._refill_batch:
             self.refill(self._refill_batch)
-        return length
 
     def _segment(self, s: int, zero_copy: bool) -> tuple[int, Any]:
         flags = self.d16[s * _W16 + _F16]
@@ -755,6 +778,17 @@ class M2SConsumer(_ClientRing, _Consumer):
             return 0
         if n > ((self._head - pos) & 0xFFFF):
             raise ProtocolViolation("M2S tail moved past the buffers we posted")
+        if n == 1 and not zero_copy and max_packets > 0:
+            # the ping-pong case, one packet: flags, region and length in one load (a region
+            # other than 0 goes the general way, which ignores it), one call for the rest
+            s = pos & self.mask
+            v = self.d64[s * _W64]
+            length = (v >> _LEN_SHIFT) & 0xFFFFFFFF
+            if not v & _FR_MASK64 and 0 < length <= self.bsize:
+                o = self.slot_offsets[s]
+                out.append(self.mm[o:o + length])
+                self._took_one(pos, length)
+                return 1
         got = self._read_fast(n, max_packets, out, zero_copy)
         if got >= max_packets or got == n:
             return got

@@ -1412,3 +1412,75 @@ def test_read_into_takes_one_valid_packet_or_nothing(request: pytest.FixtureRequ
         r.set_tail(M2S, 7 + 9)
         with pytest.raises(ProtocolViolation):
             rx.read_into(buf)
+
+
+def test_m2s_one_packet_read_reposts_its_slot_and_falls_back_when_it_must(
+        request: pytest.FixtureRequest) -> None:
+    """``read_burst`` with exactly one slot ready (the ping-pong case) takes it on a path of
+    its own: the packet, the counters and the repost must be what the burst path gives.  A
+    chained, zero-length or too-long descriptor, a zero-copy read and a lease in progress go
+    the general way; a tail past the posted buffers is still a violation."""
+    r = make_rig(request, log2=3, bsize=256)
+    crx, stx = r.client_rx(), r.server_tx()
+    crx.refill()
+    offs = r.bufs(M2S)
+    out: list[Any] = []
+    for i in range(20):  # round and round the 8-slot ring, one packet at a time
+        p = pkt(1 + i * 13 % 256, i)
+        assert stx.write_burst([p]) == 1
+        assert crx.read_burst(256, out) == 1 and bytes(out[-1]) == p
+        # drained: the slot just read is posted again, whole, and head runs a ring ahead
+        assert r.head(M2S) == (8 + i + 1) & 0xFFFF
+        s = i & 7
+        assert r.desc(M2S, s)[:4] == (0, 0, 256, offs[s])
+    assert crx.stats.packets == 20 and crx.stats.bad_descriptors == 0
+    assert crx.stats.bytes == sum(1 + i * 13 % 256 for i in range(20))
+    # the server left flags, region and offset changed on the slot it filled: put back
+    s = 20 & 7
+    r.fill(offs[s], b"abc")
+    r.put_desc(M2S, s, 0, 5, 3, 0)
+    r.set_tail(M2S, 21)
+    buf = memoryview(bytearray(16))
+    assert crx.read_into(buf) == -1 and crx.available() == 1  # read_burst puts it back
+    assert crx.read_burst(1, out) == 1 and bytes(out[-1]) == b"abc"  # read from the shadow
+    assert r.desc(M2S, s)[:4] == (0, 0, 256, offs[s])
+    # a zero-length descriptor alone: dropped and counted by the general path, slot reposted
+    _bad_one(r, 21, 0, 0)
+    assert crx.read_burst(8, out) == 0
+    assert crx.stats.bad_descriptors == 1 and crx.stats.drops == 1 and r.head(M2S) == 8 + 22
+    # longer than the posted capacity: the same
+    _bad_one(r, 22, 0, 257)
+    assert crx.read_burst(8, out) == 0 and crx.stats.bad_descriptors == 2
+    # one slot with NEXT and nothing after it: an incomplete chain waits, nothing taken
+    _bad_one(r, 23, DESC_FLAG_NEXT, 10)
+    assert crx.read_burst(8, out) == 0 and crx.available() == 1
+    assert crx.stats.packets == 21
+    r.put_desc(M2S, 24, 0, 0, 4, offs[24 & 7])
+    r.fill(offs[23 & 7], b"0123456789")
+    r.fill(offs[24 & 7], b"abcd")
+    r.set_tail(M2S, 25)
+    assert crx.read_burst(8, out) == 1 and bytes(out[-1]) == b"0123456789abcd"
+    stx = r.server_tx()  # a server that starts from the tail the raw writes above left
+    # zero copy: a view, and the slot stays ours until the lease ends
+    assert stx.write_burst([b"lease"]) == 1
+    views: list[Any] = []
+    assert crx.read_burst(8, views, zero_copy=True) == 1 and bytes(views[0]) == b"lease"
+    head = r.head(M2S)
+    assert stx.write_burst([b"after"]) == 1
+    assert crx.read_burst(8, out) == 1 and bytes(out[-1]) == b"after"
+    assert r.head(M2S) == head  # the lease holds both slots back
+    views.clear()
+    crx.end_lease()
+    assert r.head(M2S) == (head + 2) & 0xFFFF
+    # the server moves tail past what we posted: a violation, on this path too
+    r.set_tail(M2S, r.tail(M2S) + 9)
+    with pytest.raises(ProtocolViolation):
+        crx.read_burst(1, out)
+
+
+def _bad_one(r: Rig, slot: int, flags: int, length: int) -> None:
+    """The server fills slot ``slot`` (a counter) with these flags and length, moves tail."""
+    off = r.desc_at(M2S, slot)
+    struct.pack_into("<H", r.mm, off, flags)
+    struct.pack_into("<I", r.mm, off + 4, length)
+    r.set_tail(M2S, slot + 1)
