@@ -1444,21 +1444,33 @@ def test_m2s_one_packet_read_reposts_its_slot_and_falls_back_when_it_must(
     assert crx.read_into(buf) == -1 and crx.available() == 1  # read_burst puts it back
     assert crx.read_burst(1, out) == 1 and bytes(out[-1]) == b"abc"  # read from the shadow
     assert r.desc(M2S, s)[:4] == (0, 0, 256, offs[s])
+    # region 0 but another offset (the ring header): the one-packet path reads the shadow and
+    # its repost puts the offset back, for read_burst and read_into alike
+    for k, read in enumerate(("burst", "into")):
+        s = (21 + k) & 7
+        r.fill(offs[s], b"xyz")
+        r.put_desc(M2S, s, 0, 0, 3, 0)
+        r.set_tail(M2S, 22 + k)
+        if read == "burst":
+            assert crx.read_burst(1, out) == 1 and bytes(out[-1]) == b"xyz"
+        else:
+            assert crx.read_into(buf) == 3 and bytes(buf[:3]) == b"xyz"
+        assert r.desc(M2S, s)[:4] == (0, 0, 256, offs[s])
     # a zero-length descriptor alone: dropped and counted by the general path, slot reposted
-    _bad_one(r, 21, 0, 0)
+    _bad_one(r, 23, 0, 0)
     assert crx.read_burst(8, out) == 0
-    assert crx.stats.bad_descriptors == 1 and crx.stats.drops == 1 and r.head(M2S) == 8 + 22
+    assert crx.stats.bad_descriptors == 1 and crx.stats.drops == 1 and r.head(M2S) == 8 + 24
     # longer than the posted capacity: the same
-    _bad_one(r, 22, 0, 257)
+    _bad_one(r, 24, 0, 257)
     assert crx.read_burst(8, out) == 0 and crx.stats.bad_descriptors == 2
     # one slot with NEXT and nothing after it: an incomplete chain waits, nothing taken
-    _bad_one(r, 23, DESC_FLAG_NEXT, 10)
+    _bad_one(r, 25, DESC_FLAG_NEXT, 10)
     assert crx.read_burst(8, out) == 0 and crx.available() == 1
-    assert crx.stats.packets == 21
-    r.put_desc(M2S, 24, 0, 0, 4, offs[24 & 7])
-    r.fill(offs[23 & 7], b"0123456789")
-    r.fill(offs[24 & 7], b"abcd")
-    r.set_tail(M2S, 25)
+    assert crx.stats.packets == 23
+    r.put_desc(M2S, 26, 0, 0, 4, offs[26 & 7])
+    r.fill(offs[25 & 7], b"0123456789")
+    r.fill(offs[26 & 7], b"abcd")
+    r.set_tail(M2S, 27)
     assert crx.read_burst(8, out) == 1 and bytes(out[-1]) == b"0123456789abcd"
     stx = r.server_tx()  # a server that starts from the tail the raw writes above left
     # zero copy: a view, and the slot stays ours until the lease ends
