@@ -18,6 +18,7 @@ import uvloop
 from hypothesis import settings as hypothesis_settings
 from leaks import LeakGuard, child_processes, dpdk_runtime_dirs  # a plain module: see leaks.py
 
+from memif_aio.testing import plugin as _plugin
 from memif_aio.testing.plugin import in_ci, require_testpmd
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -59,7 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # --- SIGTERM: leave nothing behind (atexit does not run on SIGTERM) ----------------------------
-#: socket directories of the tests that are running (sock_dir)
+#: socket directories of the tests that are running (sock_dir; the plugin's memif_socket_path
+#: fixture keeps its own, plugin.live_socket_dirs)
 _live_dirs: set[str] = set()
 
 
@@ -106,7 +108,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
             if done:
                 kids.discard(pid)
         time.sleep(0.01)
-    dirs = sorted(_live_dirs | dpdk_runtime_dirs())
+    dirs = sorted(_live_dirs | _plugin.live_socket_dirs | dpdk_runtime_dirs())
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
     print(f"\nSIGTERM: stopped the testpmds and child processes, removed {dirs}",

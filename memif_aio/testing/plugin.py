@@ -104,11 +104,17 @@ def _async_fixture(func: Callable[..., Any]) -> Any:
     return pytest.fixture(name=func.__name__)(missing)
 
 
+#: the directories of the ``memif_socket_path`` fixtures that are in use: a SIGTERM handler of
+#: the test session removes them (teardown does not run on SIGTERM)
+live_socket_dirs: set[str] = set()
+
+
 @pytest.fixture
 def memif_socket_path() -> Iterator[str]:
     """A socket path in a fresh private directory, checked empty and removed at teardown."""
     guard = LeakGuard()
     directory = tempfile.mkdtemp(prefix="memif-aio-")  # mode 0700
+    live_socket_dirs.add(directory)
     try:
         yield os.path.join(directory, "memif.sock")
         left = sorted(os.listdir(directory))
@@ -116,6 +122,7 @@ def memif_socket_path() -> Iterator[str]:
         guard.check()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        live_socket_dirs.discard(directory)
 
 
 PairFactory = Callable[..., Awaitable[tuple["Interface", "Interface"]]]

@@ -45,10 +45,10 @@ VICTIM_TEST = REPORT + """
 import asyncio, os
 from memif_aio.testing.testpmd import TestPmd
 
-async def test_victim(sock_dir):
-    async with TestPmd("server", os.path.join(sock_dir, "memif.sock"),
-                       forward_mode="rxonly") as tp:
-        report(tp, sock_dir)
+async def test_victim(FIXTURE):
+    path = FIXTURE if FIXTURE.endswith(".sock") else os.path.join(FIXTURE, "memif.sock")
+    async with TestPmd("server", path, forward_mode="rxonly") as tp:
+        report(tp, os.path.dirname(path))
         await asyncio.sleep(100)
 """
 
@@ -129,10 +129,14 @@ def assert_nothing_left(info: dict[str, object], output: str,
     assert not tpmod.unix_listening(str(info["socket"]))
 
 
-async def test_sigterm_to_the_test_session_cleans_up(dpdk: str, no_leaks: None) -> None:
+@pytest.mark.parametrize("fixture", ["sock_dir", "memif_socket_path"])
+async def test_sigterm_to_the_test_session_cleans_up(dpdk: str, no_leaks: None,
+                                                      fixture: str) -> None:
+    """The socket directory goes too, the suite's own (``sock_dir``) as the plugin's
+    (``memif_socket_path``, which a killed run left behind before)."""
     with tempfile.TemporaryDirectory(prefix="memif-aio-victim-") as tmp:
         with open(os.path.join(tmp, "test_victim.py"), "w") as f:
-            f.write(textwrap.dedent(VICTIM_TEST))
+            f.write(textwrap.dedent(VICTIM_TEST).replace("FIXTURE", fixture))
         # tests/conftest.py as a plugin (-p conftest): its fixtures and its SIGTERM handler
         info, status, output = await sigterm_victim(
             [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider",
