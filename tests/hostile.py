@@ -37,6 +37,7 @@ import os
 import socket
 import struct
 import sys
+import traceback
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,9 @@ async def guard_loop() -> AsyncIterator[list[dict[str, Any]]]:
         await asyncio.sleep(0)
     finally:
         loop.set_exception_handler(old)
-    assert not errors, f"exceptions reached the event loop: {errors}"
+    assert not errors, f"exceptions reached the event loop: {errors}" + "".join(
+        "\n" + "".join(traceback.format_exception(ctx["exception"]))
+        for ctx in errors if isinstance(ctx.get("exception"), BaseException))
 
 
 # ----------------------------------------------------------------------------

@@ -1808,3 +1808,19 @@ class TestEndurance:
             assert disconnects >= duration / 0.3
             assert min(received.values()) > 100 * duration, (received, sent)
             assert drops == 0
+
+
+async def test_guard_loop_names_the_callback_that_raised_with_its_traceback() -> None:
+    """A rare failure must be diagnosable from the CI log alone: the guard's message carries
+    the traceback of every exception that reached the loop, not only its repr."""
+    def failing_callback() -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    with pytest.raises(AssertionError) as info:
+        async with guard_loop():
+            asyncio.get_running_loop().call_soon(failing_callback)
+            await asyncio.sleep(0)
+    msg = str(info.value)
+    assert msg.startswith("exceptions reached the event loop")
+    assert "Traceback (most recent call last)" in msg and "in failing_callback" in msg
+    assert "OSError: [Errno 9] Bad file descriptor" in msg
