@@ -36,6 +36,7 @@ import collections
 import errno
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -58,6 +59,9 @@ _DRAIN_EVERY = 0.02
 #: reads in a row that find a counter still set right after reading it (no fdinfo)
 _SPIN_STRIKES = 64
 _ONE = (1).to_bytes(8, "little")
+#: what the loop adds to a channel's wake-up counter to tell its worker to exit (a kick
+#: adds 1: the counter never gets near this from kicks)
+_EXIT = 1 << 32
 
 
 class StuckEventfd(OSError):
@@ -275,7 +279,7 @@ class Interrupt:
             self._fd = -1
 
 
-_Item = Union["Interrupt", None, "_Box"]
+_Item = Union["Interrupt", "_Box"]
 
 
 class _Channel:
@@ -284,7 +288,14 @@ class _Channel:
     the worker.  The worker sleeps in a blocking ``read`` of that fd, which wakes it in
     a few microseconds where a ``SimpleQueue.get`` (a lock) takes three to four times as
     long on a loaded machine.  ``kicked`` is True from the kick until the worker starts
-    emptying the deque, so a burst of signals costs one kick (one syscall)."""
+    emptying the deque, so a burst of signals costs one kick (one syscall).
+
+    The worker closes the wake-up eventfd as it exits, so nothing may write to it after
+    that: the exit is told by the wake-up write itself (:data:`_EXIT` added to the
+    counter), never by an item in the deque.  The worker learns of it from the value it
+    reads, that is once the write has completed; an item would let a worker already
+    awake see it, and close the fd, while the loop thread was still on its way into
+    the write (EBADF, or a write into whatever reused the fd number)."""
 
     __slots__ = ("fd", "kicked", "pending")
 
@@ -301,9 +312,14 @@ class _Channel:
             # ours alone: the counter never nears its maximum, so this never blocks
             os.eventfd_write(self.fd, 1)
 
-    def put(self, item: _Item) -> None:
-        self.pending.append(item)
-        self.kick()
+    def tell_exit(self, box: _Box | None = None) -> None:
+        """Tell the worker to exit once it has written what is queued (and closed the
+        fds of ``box``, the signaller collected); nothing may kick this channel after."""
+        if box is not None:
+            self.pending.append(box)
+        self.kicked = True
+        if self.fd >= 0:
+            os.eventfd_write(self.fd, _EXIT)
 
 
 class _Worker:
@@ -340,18 +356,19 @@ class _Worker:
         pending, fd = chan.pending, chan.fd
         popleft = pending.popleft
         write = os.eventfd_write
+        order = sys.byteorder
         while True:
             try:
-                os.read(fd, 8)  # sleeps (the GIL released) until kicked
+                woken = int.from_bytes(os.read(fd, 8), order)  # sleeps (the GIL released)
             except OSError:
                 return  # closed under us (a fork's child): nothing is ours to write
             chan.kicked = False  # a signal from now on kicks again
             # Everything queued, in one go: the GIL is taken once per write, not per wake-up.
             while pending:
                 item = popleft()
-                if item is None or isinstance(item, _Box):
-                    self._exit(item)
-                    return
+                if isinstance(item, _Box):
+                    self._close_box(item)
+                    continue
                 intr = item
                 with lock:
                     intr._queued = False  # a signal from now on queues another write
@@ -372,16 +389,21 @@ class _Worker:
                         intr._close_fd()
                     if self.replaced:
                         return  # the channel is the replacement worker's now
+            if woken >= _EXIT:  # told to exit, by a write that is over: nothing follows it
+                self._exit()
+                return
 
-    def _exit(self, item: _Box | None) -> None:
-        """Retired (None) or the signaller collected (its box): close what is ours."""
+    def _close_box(self, box: _Box) -> None:
+        """The signaller was collected: close its interrupts' fds."""
         with self.lock:
-            fds = [self.chan.fd]  # nobody kicks a retired channel any more
-            self.chan.fd = -1
-            if item is not None:  # the signaller was collected: close its interrupts' fds
-                fds += item.fds
-                item.fds.clear()
-            close_fds(fds)  # one already closed does not keep the others open
+            close_fds(list(box.fds))  # one already closed does not keep the others open
+            box.fds.clear()
+
+    def _exit(self) -> None:
+        """Retired, or the signaller collected: close the channel's wake-up eventfd."""
+        with self.lock:
+            fd, self.chan.fd = self.chan.fd, -1
+            close_fds([fd])
 
 
 class _Box:
@@ -401,7 +423,7 @@ class _Box:
 def _collected(box: _Box) -> None:
     chan = box.chan
     if chan is not None and chan.fd >= 0:
-        chan.put(box)
+        chan.tell_exit(box)
 
 
 class _Signaller:
@@ -474,7 +496,7 @@ class _Signaller:
             self.worker = None
             # it exits and closes the channel (once through a stuck write, if it is in
             # one); a later worker gets a channel of its own
-            self.chan.put(None)
+            self.chan.tell_exit()
             self.chan = self.box.chan = _Channel(live=False)
         busy = any(w.inflight is not None for w in self.workers)
         if self.timer is not None and not busy:  # a write in flight is still watched

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 
 import pytest
@@ -164,3 +165,35 @@ async def test_signals_behind_a_blocked_write_get_through(no_leaks: None) -> Non
     os.close(stuck_fd)
     for fd in others:
         os.close(fd)
+
+
+async def test_the_last_close_never_meets_a_worker_still_awake(
+        monkeypatch: pytest.MonkeyPatch, no_leaks: None) -> None:
+    """The worker may still be emptying its queue when the last interrupt closes and the
+    loop tells it to exit.  The loop's wake-up write must never come after the worker
+    closed its wake-up eventfd: that was EBADF on the loop thread, in the middle of a
+    link's teardown (or, had the fd number been reused meanwhile, a write into someone
+    else's fd).  The loop thread's wake-up writes are slowed down here (the GIL is
+    released as they start, as in the real syscall) so that the worker always runs
+    in between."""
+    real = os.eventfd_write
+    loop_thread = threading.get_ident()
+    loop_writes: list[int] = []
+
+    def slow_on_the_loop(fd: int, value: int) -> None:
+        if threading.get_ident() == loop_thread:
+            loop_writes.append(fd)
+            time.sleep(0.02)  # the worker runs now, as it may before a syscall starts
+        real(fd, value)
+
+    monkeypatch.setattr(os, "eventfd_write", slow_on_the_loop)
+    fd = _efd()
+    try:
+        for _ in range(5):
+            intr = eventfd.Interrupt(fd, lambda exc: None)
+            intr.signal()  # wakes the worker, which empties its queue during what follows
+            intr.close()  # the last one: the worker is told to exit (a write on the loop)
+            await _retired()
+    finally:
+        os.close(fd)
+    assert len(loop_writes) >= 10  # the slowed writes did happen: a wake-up and an exit each
