@@ -83,7 +83,19 @@ class Link:
             return self._down
         exc = Disconnected(reason, by_peer)
         self._down = exc
+        # Every step runs even if one before it raised (a bug): a queue left alive would
+        # touch unmapped memory, and a skipped close would leak the rings' fds and memory.
+        # The first error is raised once everything is released.
+        failed: BaseException | None = None
         for q in (*self._rx, *self._tx):
-            q._kill(exc)
-        self._session.close()
+            try:
+                q._kill(exc)
+            except BaseException as err:  # re-raised below
+                failed = failed or err
+        try:
+            self._session.close()
+        except BaseException as err:  # re-raised below
+            failed = failed or err
+        if failed is not None:
+            raise failed
         return exc

@@ -167,3 +167,51 @@ def test_wrong_direction_fails_under_mypy(call: str) -> None:
                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 1, r.stdout + r.stderr
     assert "has no attribute" in r.stdout and r.stdout.count("error:") == 1, r.stdout
+
+
+async def test_a_teardown_step_that_raises_still_releases_everything(
+        sock_path: str, no_leaks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in one queue's release (here the first one released raises) does not cut the
+    link's teardown short: every other queue is still woken and released, and the rings'
+    fds and memory are still closed (``no_leaks``).  The error is not swallowed: it
+    reaches the event loop's exception handler, once."""
+    from memif_aio.queue import RxQueue
+    from memif_aio.testing.pair import connected_pair
+
+    real = RxQueue._release
+    victims: list[RxQueue] = []  # the slave's receive queues
+    calls: list[RxQueue] = []
+
+    def first_one_raises(self: RxQueue) -> None:
+        if self in victims:
+            calls.append(self)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in a release")
+        real(self)
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    try:
+        async with connected_pair(sock_path, queues=2) as (master, slave):
+            queues = [*slave.rx_queues, *slave.tx_queues]
+            victims += slave.rx_queues
+            waiting = asyncio.ensure_future(slave.get_rx_queue(1).read_packet())
+            await asyncio.sleep(0)
+            monkeypatch.setattr(RxQueue, "_release", first_one_raises)
+            await master.disconnect()  # the slave's teardown runs on its channel's callback
+            async with asyncio.timeout(T):
+                while slave.is_connected() or not errors:
+                    await asyncio.sleep(0.01)
+            assert not any(q.is_connected() for q in queues)
+            with pytest.raises(Exception) as woken:
+                await asyncio.wait_for(waiting, T)
+            assert type(woken.value).__name__ == "Disconnected"
+            assert calls == victims  # the second was released after the first raised
+            monkeypatch.undo()
+    finally:
+        loop.set_exception_handler(old)
+    slave_errors = [ctx for ctx in errors if isinstance(ctx.get("exception"), RuntimeError)]
+    assert len(slave_errors) == 1, errors
+    assert str(slave_errors[0]["exception"]) == "a bug in a release"
