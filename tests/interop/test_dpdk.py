@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,7 +30,14 @@ import pytest
 from _frames import ETH_PROBE, describe, frame, swap_macs
 
 from memif_aio import Arguments, Disconnected, Interface, MemoryConfig, Socket, TxQueue
-from memif_aio.testing.testpmd import TestPmd, unix_listening
+from memif_aio.testing.testpmd import (
+    CONNECT_ATTEMPTS,
+    CONNECT_SETTLE,
+    TestPmd,
+    TestPmdCrashWarning,
+    connect_both,
+    unix_listening,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -60,23 +68,27 @@ async def link(role: str, path: str, *, connect: bool = True,
     both ends report the link up (unless ``connect=False``).  Everything is stopped on
     exit, the testpmd first when it is the client."""
     mc = memory_config or MemoryConfig()
-    async with AsyncExitStack() as stack:
-        if role == "master":
-            sock = await stack.enter_async_context(Socket(path))
-            itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
-                                               secret=secret, memory_config=mc))
-            tp = await stack.enter_async_context(TestPmd("client", path, **testpmd))
-        else:
-            tp = await stack.enter_async_context(TestPmd("server", path, **testpmd))
-            sock = await stack.enter_async_context(Socket(path))
-            itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
-                                               secret=secret, memory_config=mc,
-                                               reconnect_min_delay=0.05,
-                                               reconnect_max_delay=0.5))
-        if connect:
-            await itf.wait_connected(T_CONNECT)
-            await tp.wait_connected(T_CONNECT)
-        yield itf, tp
+    # a DPDK server with more than one queue pair may crash as the link comes up (pitfall 39)
+    settle = CONNECT_SETTLE if role == "slave" and testpmd.get("queues", 1) > 1 else 0.0
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        async with AsyncExitStack() as stack:
+            if role == "master":
+                sock = await stack.enter_async_context(Socket(path))
+                itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
+                                                   secret=secret, memory_config=mc))
+                tp = await stack.enter_async_context(TestPmd("client", path, **testpmd))
+            else:
+                tp = await stack.enter_async_context(TestPmd("server", path, **testpmd))
+                sock = await stack.enter_async_context(Socket(path))
+                itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
+                                                   secret=secret, memory_config=mc,
+                                                   reconnect_min_delay=0.05,
+                                                   reconnect_max_delay=0.5))
+            if connect and not await connect_both(itf, tp, T_CONNECT, settle=settle,
+                                                  attempt=attempt):
+                continue  # the stack stops everything; set the link up again
+            yield itf, tp
+            return
 
 
 class WarmUp(int):
@@ -370,6 +382,76 @@ async def test_queue_count_must_match_dpdk_server(dpdk: str, sock_path: str) -> 
                                            memory_config=MemoryConfig(num_queue_pairs=2)))
         assert await wait_reason(itf) == "Invalid ring index"
         assert tp.connections == 0
+
+
+class DiesAtConnect(TestPmd):
+    """A testpmd that this test kills with ``signum`` as soon as it logs the link up
+    (the first ``times`` instances): the signature of pitfall 39 when ``signum`` is
+    SIGSEGV, made to order."""
+
+    signum = signal.SIGSEGV
+    times = 1
+    made: list[TestPmd] = []
+
+    async def start(self) -> None:
+        await super().start()
+        type(self).made.append(self)
+        if len(self.made) <= self.times:
+            self._killer = asyncio.create_task(self._kill_at_connect())
+
+    async def _kill_at_connect(self) -> None:
+        await self.wait_connected(T_CONNECT)
+        assert self.pid is not None
+        os.kill(self.pid, self.signum)
+
+
+def dies_at_connect(monkeypatch: pytest.MonkeyPatch, signum: int, times: int) -> type[TestPmd]:
+    cls = type("DiesAtConnectNow", (DiesAtConnect,), {"signum": signum, "times": times,
+                                                       "made": []})
+    monkeypatch.setattr(__import__(__name__), "TestPmd", cls)
+    # long enough that the kill, which follows "Connected." at once, lands inside it
+    monkeypatch.setattr(__import__(__name__), "CONNECT_SETTLE", 5.0)
+    return cls
+
+
+SLAVE_2Q = {"queues": 2, "memory_config": MemoryConfig(num_queue_pairs=2)}
+
+
+async def test_link_starts_over_when_testpmd_crashes_at_connect(
+        dpdk: str, sock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """testpmd's SIGSEGV as the link comes up (pitfall 39) sets the link up again from
+    scratch, with a TestPmdCrashWarning; the second testpmd passes traffic."""
+    cls = dies_at_connect(monkeypatch, signal.SIGSEGV, times=1)
+    with pytest.warns(TestPmdCrashWarning, match="pitfall 39"):
+        async with link("slave", sock_path, **SLAVE_2Q) as (itf, tp):
+            first, second = cls.made
+            assert first.returncode == -signal.SIGSEGV and first.crashed_at_connect
+            assert tp is second and tp.running and not tp.crashed_at_connect
+            await warm_up(itf, (0, 1))
+    assert os.listdir(os.path.dirname(sock_path)) == []
+
+
+async def test_link_fails_when_testpmd_dies_otherwise(
+        dpdk: str, sock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any other death at connect (here SIGKILL) fails at once, with testpmd's status."""
+    cls = dies_at_connect(monkeypatch, signal.SIGKILL, times=1)
+    with pytest.raises(AssertionError, match=r"status -9 while the link came up \(attempt 1"):
+        async with link("slave", sock_path, **SLAVE_2Q):
+            pass
+    assert len(cls.made) == 1 and not cls.made[0].crashed_at_connect
+
+
+async def test_link_gives_up_after_the_last_attempt(
+        dpdk: str, sock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A testpmd that crashes at every connect fails the test on the last attempt."""
+    cls = dies_at_connect(monkeypatch, signal.SIGSEGV, times=CONNECT_ATTEMPTS)
+    with pytest.warns(TestPmdCrashWarning) as warned, pytest.raises(
+            AssertionError, match=f"status -11 while the link came up \\(attempt "
+                                  f"{CONNECT_ATTEMPTS} of {CONNECT_ATTEMPTS}"):
+        async with link("slave", sock_path, **SLAVE_2Q):
+            pass
+    assert len(cls.made) == CONNECT_ATTEMPTS and all(t.crashed_at_connect for t in cls.made)
+    assert len([w for w in warned if w.category is TestPmdCrashWarning]) == CONNECT_ATTEMPTS - 1
 
 
 # --- 7. negotiation ------------------------------------------------------------------------
