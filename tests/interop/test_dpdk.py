@@ -405,7 +405,8 @@ class DiesAtConnect(TestPmd):
         os.kill(self.pid, self.signum)
 
 
-def dies_at_connect(monkeypatch: pytest.MonkeyPatch, signum: int, times: int) -> type[TestPmd]:
+def dies_at_connect(monkeypatch: pytest.MonkeyPatch, signum: int,
+                    times: int) -> type[DiesAtConnect]:
     cls = type("DiesAtConnectNow", (DiesAtConnect,), {"signum": signum, "times": times,
                                                        "made": []})
     monkeypatch.setattr(__import__(__name__), "TestPmd", cls)
@@ -414,7 +415,7 @@ def dies_at_connect(monkeypatch: pytest.MonkeyPatch, signum: int, times: int) ->
     return cls
 
 
-SLAVE_2Q = {"queues": 2, "memory_config": MemoryConfig(num_queue_pairs=2)}
+SLAVE_2Q: dict[str, Any] = {"queues": 2, "memory_config": MemoryConfig(num_queue_pairs=2)}
 
 
 async def test_link_starts_over_when_testpmd_crashes_at_connect(
