@@ -63,7 +63,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,7 @@ __all__ = [
     "connect_both",
     "find_testpmd",
     "kill_all",
+    "link_up",
     "runtime_dir",
     "unix_listening",
 ]
@@ -635,6 +636,25 @@ async def connect_both(itf: Any, tp: TestPmd, timeout: float, *, settle: float =
                                  f"{tp.connections}, testpmd running: {tp.running}\n"
                                  f"{tp.log_tail()}")
         await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def link_up(setup: Callable[[contextlib.AsyncExitStack], Awaitable[tuple[Any, TestPmd]]],
+                  timeout: float, *, settle: float = 0.0, connect: bool = True,
+                  attempts: int = CONNECT_ATTEMPTS) -> AsyncIterator[tuple[Any, TestPmd]]:
+    """``async with link_up(setup, timeout) as (itf, tp):`` a link between a memif_aio
+    interface and a testpmd, up (unless ``connect=False``).  ``setup(stack)`` starts both
+    on ``stack`` and returns them; :func:`connect_both` waits for the link.  When testpmd
+    dies of its known crash at connect (pitfall 39), the stack stops everything and
+    ``setup`` runs again on a fresh one, at most ``attempts`` times in all."""
+    for attempt in range(1, attempts + 1):
+        async with contextlib.AsyncExitStack() as stack:
+            itf, tp = await setup(stack)
+            if connect and not await connect_both(itf, tp, timeout, settle=settle,
+                                                  attempt=attempt, attempts=attempts):
+                continue
+            yield itf, tp
+            return
 
 
 def _killpg(pid: int) -> None:

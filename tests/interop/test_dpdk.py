@@ -21,6 +21,7 @@ import asyncio
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -35,7 +36,7 @@ from memif_aio.testing.testpmd import (
     CONNECT_SETTLE,
     TestPmd,
     TestPmdCrashWarning,
-    connect_both,
+    link_up,
     unix_listening,
 )
 
@@ -68,27 +69,26 @@ async def link(role: str, path: str, *, connect: bool = True,
     both ends report the link up (unless ``connect=False``).  Everything is stopped on
     exit, the testpmd first when it is the client."""
     mc = memory_config or MemoryConfig()
+
+    async def setup(stack: AsyncExitStack) -> tuple[Interface, TestPmd]:
+        if role == "master":
+            sock = await stack.enter_async_context(Socket(path))
+            itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
+                                               secret=secret, memory_config=mc))
+            tp = await stack.enter_async_context(TestPmd("client", path, **testpmd))
+        else:
+            tp = await stack.enter_async_context(TestPmd("server", path, **testpmd))
+            sock = await stack.enter_async_context(Socket(path))
+            itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
+                                               secret=secret, memory_config=mc,
+                                               reconnect_min_delay=0.05,
+                                               reconnect_max_delay=0.5))
+        return itf, tp
+
     # a DPDK server with more than one queue pair may crash as the link comes up (pitfall 39)
     settle = CONNECT_SETTLE if role == "slave" and testpmd.get("queues", 1) > 1 else 0.0
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
-        async with AsyncExitStack() as stack:
-            if role == "master":
-                sock = await stack.enter_async_context(Socket(path))
-                itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
-                                                   secret=secret, memory_config=mc))
-                tp = await stack.enter_async_context(TestPmd("client", path, **testpmd))
-            else:
-                tp = await stack.enter_async_context(TestPmd("server", path, **testpmd))
-                sock = await stack.enter_async_context(Socket(path))
-                itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
-                                                   secret=secret, memory_config=mc,
-                                                   reconnect_min_delay=0.05,
-                                                   reconnect_max_delay=0.5))
-            if connect and not await connect_both(itf, tp, T_CONNECT, settle=settle,
-                                                  attempt=attempt):
-                continue  # the stack stops everything; set the link up again
-            yield itf, tp
-            return
+    async with link_up(setup, T_CONNECT, settle=settle, connect=connect) as (itf, tp):
+        yield itf, tp
 
 
 class WarmUp(int):
@@ -409,9 +409,9 @@ def dies_at_connect(monkeypatch: pytest.MonkeyPatch, signum: int,
                     times: int) -> type[DiesAtConnect]:
     cls = type("DiesAtConnectNow", (DiesAtConnect,), {"signum": signum, "times": times,
                                                        "made": []})
-    monkeypatch.setattr(__import__(__name__), "TestPmd", cls)
+    monkeypatch.setattr(sys.modules[__name__], "TestPmd", cls)
     # long enough that the kill, which follows "Connected." at once, lands inside it
-    monkeypatch.setattr(__import__(__name__), "CONNECT_SETTLE", 5.0)
+    monkeypatch.setattr(sys.modules[__name__], "CONNECT_SETTLE", 5.0)
     return cls
 
 

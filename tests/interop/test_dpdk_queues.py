@@ -31,7 +31,7 @@ import pytest
 from _frames import ETH_PROBE, describe, frame, swap_macs
 
 from memif_aio import Arguments, Interface, MemoryConfig, Socket
-from memif_aio.testing.testpmd import CONNECT_ATTEMPTS, CONNECT_SETTLE, TestPmd, connect_both
+from memif_aio.testing.testpmd import CONNECT_SETTLE, TestPmd, link_up
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -47,27 +47,24 @@ async def link(role: str, path: str, mc: MemoryConfig, rxq: int, txq: int,
                **args: Any) -> AsyncIterator[tuple[Interface, TestPmd]]:
     """memif_aio as ``role``, testpmd (macswap, --rxq/--txq) in the other role."""
     extra = [f"--rxq={rxq}", f"--txq={txq}"] if (rxq, txq) != (1, 1) else []
+    async def setup(stack: AsyncExitStack) -> tuple[Interface, TestPmd]:
+        if role == "master":
+            sock = await stack.enter_async_context(Socket(path))
+            itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
+                                               memory_config=mc, **args))
+            tp = await stack.enter_async_context(TestPmd("client", path, extra_args=extra))
+        else:
+            tp = await stack.enter_async_context(TestPmd("server", path, extra_args=extra))
+            sock = await stack.enter_async_context(Socket(path))
+            itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
+                                               memory_config=mc, reconnect_min_delay=0.05,
+                                               reconnect_max_delay=0.5, **args))
+        return itf, tp
+
     # a DPDK server with more than one queue pair may crash as the link comes up (pitfall 39)
     settle = CONNECT_SETTLE if role == "slave" and max(rxq, txq) > 1 else 0.0
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
-        async with AsyncExitStack() as stack:
-            if role == "master":
-                sock = await stack.enter_async_context(Socket(path))
-                itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
-                                                   memory_config=mc, **args))
-                tp = await stack.enter_async_context(TestPmd("client", path,
-                                                             extra_args=extra))
-            else:
-                tp = await stack.enter_async_context(TestPmd("server", path,
-                                                             extra_args=extra))
-                sock = await stack.enter_async_context(Socket(path))
-                itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
-                                                   memory_config=mc, reconnect_min_delay=0.05,
-                                                   reconnect_max_delay=0.5, **args))
-            if not await connect_both(itf, tp, T_CONNECT, settle=settle, attempt=attempt):
-                continue  # the stack stops everything; set the link up again
-            yield itf, tp
-            return
+    async with link_up(setup, T_CONNECT, settle=settle) as (itf, tp):
+        yield itf, tp
 
 
 async def warm_up(itf: Interface, qid: int, timeout: float = 10.0) -> tuple[int, int]:

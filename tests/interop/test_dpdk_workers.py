@@ -23,7 +23,7 @@ import pytest
 from _frames import ETH_PROBE, describe, frame, swap_macs
 
 from memif_aio import Arguments, Interface, MemoryConfig, RxQueue, Socket, TxQueue
-from memif_aio.testing.testpmd import CONNECT_ATTEMPTS, CONNECT_SETTLE, TestPmd, connect_both
+from memif_aio.testing.testpmd import CONNECT_SETTLE, TestPmd, link_up
 from memif_aio.workers import WorkerEvent, WorkerPool
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
@@ -71,25 +71,24 @@ async def echo_check(rx: RxQueue | None, tx: TxQueue | None, n: int) -> dict[str
 @asynccontextmanager
 async def link(role: str, path: str) -> AsyncIterator[tuple[Interface, TestPmd]]:
     mc = MemoryConfig(num_queue_pairs=2, log2_ring_size=10)
+    async def setup(stack: AsyncExitStack) -> tuple[Interface, TestPmd]:
+        if role == "master":
+            sock = await stack.enter_async_context(Socket(path))
+            itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
+                                               memory_config=mc))
+            tp = await stack.enter_async_context(TestPmd("client", path, queues=2))
+        else:
+            tp = await stack.enter_async_context(TestPmd("server", path, queues=2))
+            sock = await stack.enter_async_context(Socket(path))
+            itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
+                                               memory_config=mc, reconnect_min_delay=0.05,
+                                               reconnect_max_delay=0.5))
+        return itf, tp
+
     # a DPDK server with more than one queue pair may crash as the link comes up (pitfall 39)
     settle = CONNECT_SETTLE if role == "slave" else 0.0
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
-        async with AsyncExitStack() as stack:
-            if role == "master":
-                sock = await stack.enter_async_context(Socket(path))
-                itf = sock.new_interface(Arguments(id=0, is_master=True, name="py-master",
-                                                   memory_config=mc))
-                tp = await stack.enter_async_context(TestPmd("client", path, queues=2))
-            else:
-                tp = await stack.enter_async_context(TestPmd("server", path, queues=2))
-                sock = await stack.enter_async_context(Socket(path))
-                itf = sock.new_interface(Arguments(id=0, is_master=False, name="py-slave",
-                                                   memory_config=mc, reconnect_min_delay=0.05,
-                                                   reconnect_max_delay=0.5))
-            if not await connect_both(itf, tp, T_CONNECT, settle=settle, attempt=attempt):
-                continue  # the stack stops everything; set the link up again
-            yield itf, tp
-            return
+    async with link_up(setup, T_CONNECT, settle=settle) as (itf, tp):
+        yield itf, tp
 
 
 async def finished(pool: WorkerPool, evs: Any, n: int) -> list[WorkerEvent]:
