@@ -34,3 +34,29 @@ def test_ruff_at_the_repository_root() -> None:
     r = run("ruff", "check", "--show-files")
     for name in CODE:
         assert f"/{name}/" in r.stdout, f"ruff does not look at {name}/"
+
+
+#: the lint tools the test extra pins exactly (pyproject.toml explains why)
+PINNED = ("mypy", "ruff")
+
+
+def test_the_lint_tools_are_pinned_and_installed_at_their_pins() -> None:
+    """A clean clone installs the versions main was checked with, so a new release of a
+    lint tool cannot fail CI on unchanged code; a contributor with another version
+    installed is told so here, not by a list of unfamiliar lint errors above."""
+    import importlib.metadata
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        test_extra = tomllib.load(f)["project"]["optional-dependencies"]["test"]
+    pins = {}
+    for req in test_extra:
+        name, sep, version = req.partition("==")
+        if sep:
+            pins[name.strip()] = version.strip()
+    for tool in PINNED:
+        assert tool in pins, f"{tool} is not pinned with == in the test extra: {test_extra}"
+        installed = importlib.metadata.version(tool)
+        assert installed == pins[tool], (
+            f"{tool} {installed} is installed, the test extra pins {pins[tool]}: "
+            "reinstall with `pip install -e '.[test]'`")
